@@ -1,0 +1,107 @@
+"""The in-memory face dataset every stage consumes: decoded uint8 images, labels, names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lowres.data.protocols import PairList
+from lowres.errors import DataError
+
+__all__ = ["FaceDataset"]
+
+
+@dataclass
+class FaceDataset:
+    """Decoded images with contiguous identity labels.
+
+    Attributes:
+        name: dataset name (manifest ``name`` or builtin name).
+        images: uint8 (N, C, H, W), C in {1, 3}, RGB order.
+        labels: int64 (N,), contiguous 0..K-1.
+        identities: K identity names; ``identities[label]`` names a label.
+        meta: manifest facts (credit, alignment, source, licence, citation, protocol, ...).
+        pairs: a fixed pair protocol attached to this dataset (``idx_a``/``idx_b`` index
+            ``images``), or None when verification is all-vs-all.
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    identities: list[str]
+    meta: dict = field(default_factory=dict)
+    pairs: PairList | None = None
+
+    def __post_init__(self) -> None:
+        imgs, labels = self.images, self.labels
+        if not isinstance(imgs, torch.Tensor) or imgs.dtype != torch.uint8 or imgs.dim() != 4:
+            raise DataError(
+                f"dataset {self.name!r}: images must be a uint8 (N, C, H, W) tensor, got "
+                f"{getattr(imgs, 'dtype', type(imgs).__name__)} {tuple(getattr(imgs, 'shape', ()))}"
+            )
+        if imgs.shape[1] not in (1, 3):
+            raise DataError(f"dataset {self.name!r}: channels must be 1 or 3, got {imgs.shape[1]}")
+        if labels.dtype != torch.int64 or labels.shape != (imgs.shape[0],):
+            raise DataError(
+                f"dataset {self.name!r}: labels must be int64 ({imgs.shape[0]},), got "
+                f"{labels.dtype} {tuple(labels.shape)}"
+            )
+        k = len(self.identities)
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise DataError(
+                f"dataset {self.name!r}: labels must lie in 0..{k - 1} (one per identity name)"
+            )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_identities(self) -> int:
+        return len(self.identities)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) in pixels."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    def subset(self, index: torch.Tensor) -> FaceDataset:
+        """The images selected by ``index``, relabelled 0..K'-1 in order of first label value.
+
+        Args:
+            index: int64 (M,) image indices or bool (N,) mask.
+
+        Returns:
+            A new FaceDataset that keeps the identity names of the labels it still uses. Fixed
+            pairs survive when both of their images are selected, re-indexed into the subset.
+        """
+        index = torch.as_tensor(index)
+        if index.dtype == torch.bool:
+            index = torch.nonzero(index, as_tuple=False).flatten()
+        index = index.to(torch.int64)
+        old = self.labels[index]
+        kept, new = torch.unique(old, sorted=True, return_inverse=True)
+        pairs = None
+        if self.pairs is not None and self.pairs.idx_a is not None:
+            position = torch.full((len(self),), -1, dtype=torch.int64)
+            position[index] = torch.arange(index.numel())
+            a, b = position[self.pairs.idx_a], position[self.pairs.idx_b]
+            keep = (a >= 0) & (b >= 0)
+            pairs = self.pairs.select(keep)
+            pairs.idx_a, pairs.idx_b = a[keep], b[keep]
+        return FaceDataset(
+            name=self.name,
+            images=self.images[index],
+            labels=new.to(torch.int64),
+            identities=[self.identities[i] for i in kept.tolist()],
+            meta=dict(self.meta),
+            pairs=pairs,
+        )
+
+    def select_identities(self, ids: torch.Tensor) -> FaceDataset:
+        """Subset holding every image whose label is in ``ids`` (int64 labels)."""
+        return self.subset(torch.isin(self.labels, torch.as_tensor(ids, dtype=torch.int64)))

@@ -1,0 +1,262 @@
+"""Image decoding, identity-folder datasets and the decode-once uint8 cache.
+
+Layout of an identity-folder dataset: ``root/<identity>/<image>.{jpg,jpeg,png,pgm,ppm,bmp}``;
+the folder name is the identity. Images are decoded with Pillow into uint8 (C, H, W), C = 1 for
+grey and 3 for colour (RGB). The stacked (N, C, H, W) tensor is cached on disk as a ``.pt`` file
+holding only tensors (loaded with ``weights_only=True``), keyed by a sha256 over the relative file
+list and every file's bytes, so any added, removed, renamed or edited image misses the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lowres.data.dataset import FaceDataset
+from lowres.errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FaceDataset",
+    "cache_dir_default",
+    "cached_images",
+    "decode_image",
+    "load_identity_folders",
+    "scan_identity_folders",
+]
+
+log = logging.getLogger("lowres")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp")
+CACHE_FORMAT = 1  # bump when the cached tensor layout changes, so old files are not reused
+
+
+def decode_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
+    """Decode one image file to uint8 (C, H, W).
+
+    Args:
+        path: a jpg/png/pgm/ppm/bmp file.
+        channels: 1 converts to grey, 3 to RGB; None keeps grey as 1 and everything else as 3.
+
+    Returns:
+        uint8 (C, H, W) tensor.
+
+    Raises:
+        DataError: the file is missing, truncated or not an image (the message names it).
+    """
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if channels == 1 or (channels is None and mode in ("1", "L", "LA", "I", "I;16")):
+                if mode in ("I", "I;16"):
+                    raise DataError(
+                        f"image {path} is 16-bit grey; convert it to 8-bit (e.g. with Pillow) first"
+                    )
+                im = im.convert("L")
+            else:
+                im = im.convert("RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(
+            f"image {path} not found; the dataset folder changed while reading"
+        ) from None
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"cannot decode image {path} ({reason}); the file is corrupt or truncated: "
+            "re-download it or remove it"
+        ) from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return torch.from_numpy(arr.copy())
+
+
+def scan_identity_folders(
+    root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> list[tuple[str, list[Path]]]:
+    """List ``root/<identity>/<image>`` files, identities and files in sorted order.
+
+    Hidden entries (starting with '.') are skipped. Folders without images are skipped.
+
+    Raises:
+        DataError: ``root`` is not a folder or holds no images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} is not a folder")
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    out = []
+    for ident in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(
+            f
+            for f in ident.iterdir()
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in exts
+        )
+        if files:
+            out.append((ident.name, files))
+    if not out:
+        raise DataError(
+            f"no images found under {root}; expected root/<identity>/<image> with extension "
+            f"{'/'.join(e.lstrip('.') for e in exts)}"
+        )
+    return out
+
+
+def cache_dir_default() -> Path:
+    """``$LOWRES_CACHE`` if set, else ``~/.cache/lowres``."""
+    env = os.environ.get("LOWRES_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lowres"
+
+
+def content_key(files: Sequence[Path], base: Path | None, tag: str) -> str:
+    """sha256 over ``tag``, each file's path (relative to ``base``), size and bytes."""
+    digest = hashlib.sha256(f"lowres-decoded-v{CACHE_FORMAT}\0{tag}\0".encode())
+    for f in files:
+        rel = os.path.relpath(f, base) if base is not None else str(f)
+        try:
+            data = Path(f).read_bytes()
+        except OSError as exc:
+            raise DataError(f"cannot read {f}: {exc.strerror}; check the dataset folder") from None
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+def cached_images(
+    files: Sequence[Path],
+    decode_all: Callable[[], torch.Tensor],
+    *,
+    tag: str,
+    base: Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> torch.Tensor:
+    """Return ``decode_all()``, decoding once and reusing a cached copy afterwards.
+
+    Args:
+        files: the source files whose bytes define the cache key.
+        decode_all: builds the uint8 (N, C, H, W) tensor from ``files``.
+        tag: dataset tag; also includes decode options so different options do not collide.
+        base: paths are keyed relative to it so moving a dataset folder keeps the cache.
+        cache_dir: cache folder; None -> :func:`cache_dir_default`. ``False`` disables caching.
+
+    Returns:
+        uint8 (N, C, H, W) tensor, identical on a cache hit and a miss.
+    """
+    if cache_dir is False:
+        return decode_all()
+    folder = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    key = content_key(files, base, tag)
+    safe_tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in tag)[:40]
+    path = folder / "decoded" / f"{safe_tag}-{key[:24]}.pt"
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            images = blob["images"]
+            if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+                return images
+        except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
+            log.warning("ignoring unreadable cache file %s (%s)", path, exc)
+    images = decode_all()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({"images": images, "format": torch.tensor(CACHE_FORMAT)}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        # a read-only or full cache folder must not stop the run; decoding already succeeded
+        log.warning("could not write decode cache %s (%s)", path, exc.strerror)
+    return images
+
+
+def _stack(images: list[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
+    ref = images[0].shape[1:]
+    for img, f in zip(images, files, strict=True):
+        if img.shape[1:] != ref:
+            raise DataError(
+                f"image {f} is {img.shape[1]}x{img.shape[2]} but {files[0]} is {ref[0]}x{ref[1]}; "
+                "all images of a dataset must share one size (crop/align them first)"
+            )
+    return torch.stack(images)
+
+
+def load_identity_folders(
+    root: str | Path,
+    *,
+    name: str | None = None,
+    channels: int | None = None,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    min_per_identity: int = 2,
+    cache_dir: str | Path | None = None,
+    meta: dict | None = None,
+) -> FaceDataset:
+    """Load ``root/<identity>/<image>`` into a FaceDataset (decoded once, then cached).
+
+    Args:
+        root: dataset folder.
+        name: dataset name (default: the folder name).
+        channels: 1 (grey) or 3 (RGB); None -> 1 if every image is grey, else 3.
+        extensions: image file extensions to read.
+        min_per_identity: smallest allowed number of images per identity; verification needs
+            2 (a genuine pair). Use 1 for pair-protocol datasets such as LFW.
+        cache_dir: see :func:`cached_images`.
+        meta: extra facts stored in ``FaceDataset.meta``.
+
+    Returns:
+        FaceDataset with images uint8 (N, C, H, W), labels in identity (sorted folder) order.
+
+    Raises:
+        DataError: missing root, no images, an identity with too few images, an undecodable
+            image, or mixed image sizes.
+    """
+    root = Path(root)
+    groups = scan_identity_folders(root, extensions)
+    for ident, files in groups:
+        if len(files) < min_per_identity:
+            raise DataError(
+                f"identity folder {root / ident} has {len(files)} image; verification needs >= "
+                f"{min_per_identity} images per identity: add images or remove the folder"
+            )
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels!r}")
+    files = [f for _, fs in groups for f in fs]
+    labels = torch.tensor([k for k, (_, fs) in enumerate(groups) for _ in fs], dtype=torch.int64)
+
+    def decode_all() -> torch.Tensor:
+        imgs = [decode_image(f, channels) for f in files]
+        if channels is None and any(im.shape[0] == 3 for im in imgs):
+            imgs = [im.expand(3, -1, -1) if im.shape[0] == 1 else im for im in imgs]
+        return _stack(imgs, files)
+
+    name = name or root.name
+    images = cached_images(
+        files, decode_all, tag=f"{name}-c{channels or 0}", base=root, cache_dir=cache_dir
+    )
+    info = {"root": str(root), "files": [str(f.relative_to(root)) for f in files]}
+    info.update(meta or {})
+    return FaceDataset(
+        name=name,
+        images=images,
+        labels=labels,
+        identities=[ident for ident, _ in groups],
+        meta=info,
+    )
