@@ -1,0 +1,335 @@
+"""Classifier heads: the primary loss of each method (SM, l2-SM, SF, CosFace, ArcFace).
+
+Every head owns its class weights, computes in float32 even under ``torch.autocast`` (class
+weights and margins in bf16/fp16 lose the small angular differences the margins act on), and
+returns a :class:`HeadOutput`:
+
+* ``loss``: cross-entropy on the *training* logits (with the head's margin, if any);
+* ``logits``: the *plain* logits without margin, used for accuracy in logs: SM ``W x + b``,
+  l2-SM ``alpha W x^ + b``, SF ``||x|| cos theta``, CosFace/ArcFace ``s cos theta``. Their argmax
+  is the class the head would predict at test time; a margin only exists when the label is
+  known.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lowres.errors import ConfigError
+from lowres.losses import functional as LF
+
+__all__ = [
+    "ArcFaceHead",
+    "CosFaceHead",
+    "Head",
+    "HeadOutput",
+    "L2SoftmaxHead",
+    "SoftmaxHead",
+    "SphereFaceHead",
+]
+
+
+class HeadOutput(NamedTuple):
+    """What a head returns: ``loss`` 0-d float32, ``logits`` (B, C) float32 without margin."""
+
+    loss: Tensor
+    logits: Tensor
+
+
+def _check_sizes(embed_dim: int, num_classes: int) -> None:
+    if int(embed_dim) != embed_dim or embed_dim < 1:
+        raise ConfigError(f"embed_dim must be a positive integer, got {embed_dim!r}")
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ConfigError(
+            f"num_classes must be an integer >= 2 for a classifier head, got {num_classes!r}; "
+            "train on at least two identities"
+        )
+
+
+def _check_positive(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+class Head(nn.Module):
+    """Base class: a classifier over (B, D) features with a float32 loss and plain logits.
+
+    Subclasses implement :meth:`train_logits` (what the cross-entropy sees) and
+    :meth:`plain_logits` (margin-free, for accuracy); both compute in the features' dtype,
+    which :meth:`forward` raises to at least float32.
+    """
+
+    embed_dim: int
+    num_classes: int
+
+    def __init__(self, embed_dim: int, num_classes: int) -> None:
+        super().__init__()
+        _check_sizes(embed_dim, num_classes)
+        self.embed_dim = int(embed_dim)
+        self.num_classes = int(num_classes)
+
+    def train_logits(self, features: Tensor, labels: Tensor) -> Tensor:
+        """Logits with the margin applied to each row's label: (B, D), (B,) -> (B, C)."""
+        raise NotImplementedError
+
+    def plain_logits(self, features: Tensor) -> Tensor:
+        """Logits without margin: (B, D) -> (B, C)."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called once after every optimizer step (SphereFace advances its annealing)."""
+
+    def stats(self) -> dict[str, float]:
+        """Scalars worth logging (e.g. ``lambda_sf``)."""
+        return {}
+
+    def _check_input(self, features: Tensor) -> None:
+        if features.dim() != 2 or features.shape[1] != self.embed_dim:
+            raise ConfigError(
+                f"{type(self).__name__} expects features of shape (B, {self.embed_dim}), got "
+                f"{tuple(features.shape)}; match the head's embed_dim to the model's"
+            )
+
+    def forward(self, features: Tensor, labels: Tensor) -> HeadOutput:
+        """Cross-entropy loss and plain logits, computed in float32.
+
+        Args:
+            features: (B, D) embeddings, any float dtype.
+            labels: (B,) integer class indices in 0..C-1.
+
+        Returns:
+            :class:`HeadOutput` (loss 0-d, logits (B, C)), float32.
+        """
+        self._check_input(features)
+        LF._check_labels(labels, features.shape[0], self.num_classes)
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            # float32 at least; a float64 head (tests) stays float64
+            x = features.to(torch.promote_types(features.dtype, torch.float32))
+            train = self.train_logits(x, labels)
+            plain = self.plain_logits(x)
+            loss = F.cross_entropy(train, labels.long())
+        return HeadOutput(loss, plain)
+
+
+class SoftmaxHead(Head):
+    """``SM``: a linear classifier with bias and plain softmax cross-entropy.
+
+    Initialised like ``nn.Linear`` (Kaiming-uniform weights, uniform bias).
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int) -> None:
+        super().__init__(embed_dim, num_classes)
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        self.bias = nn.Parameter(torch.empty(num_classes))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(embed_dim)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def train_logits(self, features: Tensor, labels: Tensor) -> Tensor:
+        return self.plain_logits(features)
+
+    def plain_logits(self, features: Tensor) -> Tensor:
+        return F.linear(features, self.weight.to(features.dtype), self.bias.to(features.dtype))
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_classes={self.num_classes}"
+
+
+class L2SoftmaxHead(Head):
+    """``l2-SM(alpha)``: features normalised and scaled by alpha, then a linear layer with bias.
+
+    Args:
+        embed_dim: D.
+        num_classes: C.
+        alpha: feature scale (the paper used 30, 20, 10).
+        learnable: make alpha an ``nn.Parameter`` (Ranjan et al.'s variant); it is then put in
+            the undecayed parameter group by :class:`lowres.losses.MethodLoss`.
+    """
+
+    def __init__(
+        self, embed_dim: int, num_classes: int, alpha: float = 30.0, learnable: bool = False
+    ) -> None:
+        super().__init__(embed_dim, num_classes)
+        alpha = _check_positive("l2-SM alpha", alpha)
+        self.learnable = bool(learnable)
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        self.bias = nn.Parameter(torch.empty(num_classes))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(embed_dim)
+        nn.init.uniform_(self.bias, -bound, bound)
+        if self.learnable:
+            self.alpha = nn.Parameter(torch.tensor(alpha))
+        else:
+            self.register_buffer("alpha", torch.tensor(alpha))
+
+    def train_logits(self, features: Tensor, labels: Tensor) -> Tensor:
+        return self.plain_logits(features)
+
+    def plain_logits(self, features: Tensor) -> Tensor:
+        dtype = features.dtype
+        return LF.l2_softmax_logits(
+            features, self.weight.to(dtype), self.bias.to(dtype), self.alpha.to(dtype)
+        )
+
+    def stats(self) -> dict[str, float]:
+        return {"alpha": float(self.alpha.detach())} if self.learnable else {}
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, "
+            f"alpha={float(self.alpha):g}, learnable={self.learnable}"
+        )
+
+
+class _NormalisedHead(Head):
+    """Shared storage for heads with normalised class weights and no bias (Xavier init)."""
+
+    def __init__(self, embed_dim: int, num_classes: int) -> None:
+        super().__init__(embed_dim, num_classes)
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+
+class SphereFaceHead(_NormalisedHead):
+    """``SF``: A-Softmax (Liu et al. 2017) with the original annealing.
+
+    Target logit ``||x|| (lambda cos theta_y + psi(theta_y)) / (1 + lambda)`` with
+    ``lambda = max(lambda_min, base / (1 + gamma * iteration)^power)``; other logits
+    ``||x|| cos theta_j``. ``iteration`` is an int64 buffer (so it is saved in ``state_dict`` and
+    checkpoints and resumes exactly) advanced by :meth:`after_step`, once per optimizer step.
+
+    Args:
+        embed_dim: D.
+        num_classes: C.
+        m: integer angular margin (SphereFace: 4).
+        base, gamma, power, lambda_min: annealing schedule (original: 1000, 0.12, 1, 5).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        m: int = 4,
+        *,
+        base: float = 1000.0,
+        gamma: float = 0.12,
+        power: float = 1.0,
+        lambda_min: float = 5.0,
+    ) -> None:
+        super().__init__(embed_dim, num_classes)
+        self.m = LF._check_margin_m(m)
+        if lambda_min < 0 or base < 0 or gamma < 0 or power < 0:
+            raise ConfigError(
+                "SphereFace annealing needs base, gamma, power, lambda_min >= 0, got "
+                f"{base}, {gamma}, {power}, {lambda_min}"
+            )
+        self.base, self.gamma, self.power, self.lambda_min = base, gamma, power, lambda_min
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def lambda_sf(self) -> float:
+        """Current blend weight lambda (large early: close to plain softmax)."""
+        return LF.sphereface_lambda(
+            self.iteration,
+            base=self.base,
+            gamma=self.gamma,
+            power=self.power,
+            lambda_min=self.lambda_min,
+        )
+
+    def train_logits(self, features: Tensor, labels: Tensor) -> Tensor:
+        weight = self.weight.to(features.dtype)
+        return LF.sphereface_logits(features, weight, labels, self.m, self.lambda_sf)
+
+    def plain_logits(self, features: Tensor) -> Tensor:
+        norms = LF.feature_norms(features).unsqueeze(1)
+        return norms * LF.normalised_linear(features, self.weight.to(features.dtype))
+
+    def after_step(self) -> None:
+        if self.training:
+            self.iteration.add_(1)
+
+    def stats(self) -> dict[str, float]:
+        return {"lambda_sf": self.lambda_sf}
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, m={self.m}, "
+            f"lambda=max({self.lambda_min:g}, {self.base:g}/(1+{self.gamma:g}*it)^{self.power:g})"
+        )
+
+
+class CosFaceHead(_NormalisedHead):
+    """``CosFace(s,m)``: large-margin cosine loss, target logit ``s (cos theta_y - m)``.
+
+    Defaults are the CosFace paper's s = 64, m = 0.35.
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, s: float = 64.0, m: float = 0.35) -> None:
+        super().__init__(embed_dim, num_classes)
+        self.s = _check_positive("CosFace scale s", s)
+        m = float(m)
+        if not 0.0 <= m < 1.0:
+            raise ConfigError(f"CosFace margin m must be in [0, 1), got {m!r}; e.g. 0.35")
+        self.m = m
+
+    def train_logits(self, features: Tensor, labels: Tensor) -> Tensor:
+        return LF.cosface_logits(features, self.weight.to(features.dtype), labels, self.s, self.m)
+
+    def plain_logits(self, features: Tensor) -> Tensor:
+        return self.s * LF.normalised_linear(features, self.weight.to(features.dtype))
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, s={self.s:g}, "
+            f"m={self.m:g}"
+        )
+
+
+class ArcFaceHead(_NormalisedHead):
+    """``ArcFace(s,m)``: additive angular margin, target logit ``s cos(theta_y + m)``.
+
+    Defaults are InsightFace's s = 64, m = 0.5 rad, ``easy_margin=False`` (past
+    ``theta = pi - m`` the target logit falls back to ``cos theta - m sin m``; see
+    :func:`lowres.losses.functional.arcface_logits`).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        s: float = 64.0,
+        m: float = 0.5,
+        easy_margin: bool = False,
+    ) -> None:
+        super().__init__(embed_dim, num_classes)
+        self.s = _check_positive("ArcFace scale s", s)
+        m = float(m)
+        if not 0.0 <= m < math.pi / 2:
+            raise ConfigError(
+                f"ArcFace margin m must be in [0, pi/2) radians, got {m!r}; e.g. ArcFace(64,0.5)"
+            )
+        self.m = m
+        self.easy_margin = bool(easy_margin)
+
+    def train_logits(self, features: Tensor, labels: Tensor) -> Tensor:
+        weight = self.weight.to(features.dtype)
+        return LF.arcface_logits(
+            features, weight, labels, self.s, self.m, easy_margin=self.easy_margin
+        )
+
+    def plain_logits(self, features: Tensor) -> Tensor:
+        return self.s * LF.normalised_linear(features, self.weight.to(features.dtype))
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, s={self.s:g}, "
+            f"m={self.m:g}, easy_margin={self.easy_margin}"
+        )
