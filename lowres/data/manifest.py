@@ -4,8 +4,11 @@ The schema is documented in ``data_manifests/README.md``. In short::
 
     name = "lfw"                        # [A-Za-z0-9_-]+, the name `lowres data show` accepts
     kind = "pairs"                      # "identity-folders" | "pairs" | "builtin"
+                                        # | "insightface-bin" | "recordio"
     description = "..."
     root = "$LOWRES_DATA/lfw"           # folders only; relative to this file; $VAR / ${VAR}, ~
+    file = "lfw.bin"                    # insightface-bin (required) / recordio (default
+                                        # "train.rec"): the file inside root
     builtin = "orl"                     # kind = "builtin" only (default: name)
     image_size = [250, 250]             # (H, W), checked after decoding
     channels = 3                        # 1 grey, 3 RGB: images are converted on decode
@@ -50,16 +53,18 @@ __all__ = [
     "ProtocolFile",
     "expand_path",
     "load_manifest",
+    "require_file",
     "require_root",
 ]
 
-KINDS = ("identity-folders", "pairs", "builtin")
+KINDS = ("identity-folders", "pairs", "builtin", "insightface-bin", "recordio")
 PROTOCOL_TYPES = ("identity-folds", "lfw-pairs", "sample-split", "fixed-split")
 _TOP_KEYS = {
     "name",
     "kind",
     "description",
     "root",
+    "file",
     "builtin",
     "image_size",
     "channels",
@@ -116,6 +121,7 @@ class Manifest:
     protocol_default: str | None = None
     image_pattern: str = "{name}/{name}_{num:04d}.jpg"
     protocol_files: dict[str, ProtocolFile] = field(default_factory=dict)
+    file: str | None = None
 
     def where_to_get(self) -> str:
         """The manifest's download hint: source text and url, or a generic hint."""
@@ -235,24 +241,26 @@ def load_manifest(path: str | Path) -> Manifest:
     bad_proto = sorted(set(proto) - _PROTOCOL_KEYS)
     if bad_proto:
         raise DataError(f"{where}: unknown key(s) in [protocol]: {', '.join(bad_proto)}")
+    pair_kind = kind in ("pairs", "insightface-bin")
     ptype = _get(
-        proto,
-        "type",
-        str,
-        f"{where} [protocol]",
-        "lfw-pairs" if kind == "pairs" else "identity-folds",
+        proto, "type", str, f"{where} [protocol]", "lfw-pairs" if pair_kind else "identity-folds"
     )
     if ptype not in PROTOCOL_TYPES:
         raise DataError(
             f"{where}: unknown protocol type {ptype!r}; valid: {', '.join(PROTOCOL_TYPES)}"
         )
-    if kind == "pairs" and ptype != "lfw-pairs":
-        raise DataError(f"{where}: kind 'pairs' needs protocol type 'lfw-pairs', got {ptype!r}")
-    if kind == "identity-folders" and ptype != "identity-folds":
+    if pair_kind and ptype != "lfw-pairs":
+        raise DataError(f"{where}: kind {kind!r} needs protocol type 'lfw-pairs', got {ptype!r}")
+    if kind in ("identity-folders", "recordio") and ptype != "identity-folds":
         raise DataError(
-            f"{where}: kind 'identity-folders' uses protocol type 'identity-folds', got {ptype!r}"
+            f"{where}: kind {kind!r} uses protocol type 'identity-folds', got {ptype!r}"
         )
-    n_folds = _get(proto, "n_folds", int, f"{where} [protocol]", 10 if kind == "pairs" else 4)
+    file = _get(raw, "file", str, where, "train.rec" if kind == "recordio" else None)
+    if kind == "insightface-bin" and not file:
+        raise DataError(f"{where}: kind 'insightface-bin' needs 'file' (e.g. \"lfw.bin\")")
+    if file is not None and kind not in ("insightface-bin", "recordio"):
+        raise DataError(f"{where}: 'file' is only used by kinds 'insightface-bin' and 'recordio'")
+    n_folds = _get(proto, "n_folds", int, f"{where} [protocol]", 10 if pair_kind else 4)
     if n_folds < 1:
         raise DataError(f"{where}: protocol n_folds must be >= 1, got {n_folds}")
     files: dict[str, ProtocolFile] = {}
@@ -305,7 +313,23 @@ def load_manifest(path: str | Path) -> Manifest:
         protocol_default=default,
         image_pattern=pattern,
         protocol_files=files,
+        file=file,
     )
+
+
+def require_file(manifest: Manifest) -> Path:
+    """The manifest's data file (``root/file``; kinds insightface-bin and recordio) or its root
+    folder when it names no file, or a DataError saying what is missing and where to get it."""
+    root = require_root(manifest)
+    if not manifest.file:
+        return root
+    path = root / manifest.file
+    if not path.is_file():
+        raise DataError(
+            f"dataset {manifest.name!r}: {path} does not exist (file = {manifest.file!r} in "
+            f"{manifest.path}); get the data: {manifest.where_to_get()}"
+        )
+    return path
 
 
 def require_root(manifest: Manifest) -> Path:

@@ -4,6 +4,8 @@ Builtins ("orl", "mnist", "synth") load without any manifest, so they work from 
 Manifests are found, in this order, in every folder of ``$LOWRES_MANIFESTS`` (``os.pathsep``
 separated), the repository's ``data_manifests/`` and ``./data_manifests``; the first manifest
 with a given name wins. A ``kind = "builtin"`` manifest only adds documentation to its builtin.
+InsightFace files load by path without a manifest: ``x.bin`` (verification set) and
+``train.rec`` or a folder holding it (RecordIO pack); see ``lowres.data.insightface``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from lowres.data.dataset import FaceDataset
 from lowres.data.images import IMAGE_EXTENSIONS, cached_images, decode_image, load_identity_folders
-from lowres.data.manifest import Manifest, load_manifest, require_root
+from lowres.data.manifest import Manifest, load_manifest, require_file, require_root
 from lowres.data.protocols import identity_folds, pair_counts, read_lfw_pairs
 from lowres.errors import DataError
 
@@ -152,7 +154,7 @@ def list_datasets() -> list[dict]:
             continue
         m = load_manifest(path)
         try:
-            require_root(m)
+            require_file(m)
             available = True
         except DataError:
             available = False
@@ -172,8 +174,41 @@ def _valid_names() -> list[str]:
     return list(_BUILTINS) + [n for n in _manifest_index() if n not in _BUILTINS]
 
 
+def _insightface_manifest(text: str) -> Manifest | None:
+    """An implicit manifest for a ``.bin`` file, a ``.rec`` file or a folder holding
+    ``train.rec``; None when ``text`` is none of these."""
+    path = Path(text).expanduser()
+    if text.endswith(".bin"):
+        kind, protocol, folds = "insightface-bin", "lfw-pairs", 10
+    elif text.endswith(".rec") or (path.is_dir() and (path / "train.rec").is_file()):
+        kind, protocol, folds = "recordio", "identity-folds", 4
+        path = path / "train.rec" if path.is_dir() else path
+    else:
+        return None
+    if not path.is_file():
+        raise DataError(
+            f"{path} does not exist; give the path of an InsightFace "
+            f"{'.bin verification set' if kind == 'insightface-bin' else 'train.rec pack'}"
+        )
+    path = path.resolve()
+    return Manifest(
+        name=path.stem if kind == "insightface-bin" else path.parent.name,
+        kind=kind,
+        path=None,
+        description=f"InsightFace {'verification set' if folds == 10 else 'pack'} {path}",
+        root_text=str(path.parent),
+        file=path.name,
+        protocol_type=protocol,
+        n_folds=folds,
+        source_text=str(path),
+    )
+
+
 def _resolve(name_or_path: str | Path) -> tuple[str, Manifest | None]:
     text = str(name_or_path)
+    implicit = _insightface_manifest(text)
+    if implicit is not None:
+        return "", implicit
     if text.endswith(".toml") or os.sep in text or (os.altsep and os.altsep in text):
         return "", load_manifest(Path(text))
     if text in _BUILTINS:
@@ -251,6 +286,16 @@ def _load_manifest_dataset(m: Manifest, *, seed: int, preset: str | None, cache_
         return _check_size(ds, m)
     if m.kind == "pairs":
         return _load_pairs(m, cache_dir)
+    if m.kind in ("insightface-bin", "recordio"):
+        from lowres.data.insightface import load_bin, load_rec_pack
+
+        path = require_file(m)
+        extra = {"n_folds": m.n_folds} if m.kind == "insightface-bin" else {}
+        loader = load_bin if m.kind == "insightface-bin" else load_rec_pack
+        ds = loader(
+            path, name=m.name, channels=m.channels, cache_dir=cache_dir, meta=m.meta(), **extra
+        )
+        return _check_size(ds, m)
     root = require_root(m)
     ds = load_identity_folders(
         root,
@@ -274,7 +319,8 @@ def load_dataset(
     """Load a dataset by builtin name, manifest name, or path to a manifest ``.toml``.
 
     Args:
-        name_or_path: "orl", "mnist", "synth", a manifest name such as "lfw", or a path.
+        name_or_path: "orl", "mnist", "synth", a manifest name such as "lfw", a path to a
+            manifest, an InsightFace ``.bin``, a ``train.rec`` or a folder holding one.
         seed: generation seed (synth only; file datasets are fixed).
         preset: size preset (synth only).
         cache_dir: decode cache folder; None -> ``$LOWRES_CACHE`` or ``~/.cache/lowres``.
@@ -401,8 +447,18 @@ def protocol_summary(
             f"fold {fold}: train {train.num_identities} ids / {len(train)} images, "
             f"test {test.num_identities} ids / {len(test)} images"
         )
-        gen, imp = pair_counts(test.labels)
-        lines.append(f"all-vs-all on test fold {fold}: {gen} genuine, {imp} impostor pairs")
+        if test.pairs is not None and ds.meta.get("pseudo_labels"):
+            p = test.pairs
+            lines.append(
+                f"pairs in test fold {fold}: {p.num_genuine} genuine, {p.num_impostor} impostor"
+            )
+        else:
+            gen, imp = pair_counts(test.labels)
+            lines.append(f"all-vs-all on test fold {fold}: {gen} genuine, {imp} impostor pairs")
+    if ds.meta.get("pseudo_labels"):
+        # all-vs-all counts over pseudo-identities would count same-person impostors
+        lines.append(f"labels: {ds.meta.get('labels', 'pseudo-identities')}; score the pairs")
+        return lines
     gen, imp = pair_counts(ds.labels)
     lines.append(f"all-vs-all on all images: {gen} genuine, {imp} impostor pairs")
     return lines
