@@ -50,7 +50,8 @@ def cli(verbose: int, quiet: bool) -> None:
 
 @cli.command("train")
 @click.option("--method", required=True, help="Paper notation, e.g. 'SF+R(0.01)', 'l2-SM(30)'.")
-@click.option("--data", default="synth", show_default=True, help="orl, synth, or a manifest.")
+@click.option("--data", default="synth", show_default=True,
+              help="orl, synth, a manifest, or an InsightFace pack (train.rec or its folder).")
 @click.option("--fold", type=int, default=0, show_default=True, help="Held-out identity fold.")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: ~32k images, 2-40).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -67,9 +68,17 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
 @click.option("--num-threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Stop after this many steps in all (resumable with --resume).")
 def train_cmd(method, data, fold, epochs, out_dir, model, batch_size, lr, seed, preset,
-              augment_resolution, no_augment, resume, device, num_threads, no_progress) -> None:
-    """Train one method (paper notation) and write a checkpoint folder."""
+              augment_resolution, no_augment, resume, device, num_threads, no_progress,
+              max_steps) -> None:
+    """Train one method (paper notation) and write a checkpoint folder.
+
+    Data parallel: torchrun --nproc_per_node=N -m lowres train ... (--batch-size is the
+    global batch over the N processes; rank 0 writes the checkpoint).
+    """
+    from lowres.distributed import process_rank
     from lowres.train import TrainConfig, load_checkpoint, train
 
     given = {
@@ -81,7 +90,9 @@ def train_cmd(method, data, fold, epochs, out_dir, model, batch_size, lr, seed, 
         augment_resolution=augment_resolution,
         **{k: v for k, v in given.items() if v is not None},
     )
-    path = train(config, out_dir, resume=resume, progress=not no_progress)
+    path = train(config, out_dir, resume=resume, progress=not no_progress, max_steps=max_steps)
+    if process_rank() != 0:
+        return
     side = load_checkpoint(path).sidecar
     metrics = side.get("metrics", {})
 
@@ -127,7 +138,7 @@ def data_list_cmd() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Fold shuffle / synth seed.")
 @click.option("--preset", default=None, help="Dataset preset (synth).")
 def data_show_cmd(name, sheet, ids, per_id, fold, seed, preset) -> None:
-    """Describe dataset NAME (builtin, manifest name, or path to a .toml)."""
+    """Describe dataset NAME (builtin, manifest name, path to a .toml, .bin or train.rec)."""
     from lowres.data import get_split, load_dataset
     from lowres.data.registry import has_own_split, protocol_summary
 
@@ -152,7 +163,216 @@ def data_show_cmd(name, sheet, ids, per_id, fold, seed, preset) -> None:
 
         write_contact_sheet(ds, sheet, ids=ids, per_id=per_id)
         lines.append(f"sheet       {sheet}")
+        if ds.name == "synth":
+            from lowres.data.synthetic import write_scale_sheet
+
+            scales = write_scale_sheet(sheet, seed=seed, fold=fold, preset=preset)
+            lines.append(f"scales      {scales} (one identity at scales 1, 1/2, 1/4, 1/8, 1/16)")
     click.echo("\n".join(lines))
+
+
+def _split_list(ctx, param, value):
+    """Comma list option -> list of stripped strings (None when not given)."""
+    if value is None:
+        return None
+    items = [v.strip() for v in _split_top_level(value)]
+    if not [v for v in items if v]:
+        raise click.BadParameter("is empty; give a comma-separated list", ctx=ctx, param=param)
+    return [v for v in items if v]
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses, so 'CosFace(64,0.35),SM' stays two items."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return out
+
+
+def _bad(ctx, name: str, exc: Exception):
+    param = next(p for p in ctx.command.params if p.name == name)
+    return click.BadParameter(str(exc), ctx=ctx, param=param)
+
+
+@cli.command("sweep")
+@click.option("--models", callback=_split_list, default=None,
+              help="Comma list of methods (paper notation, trained on demand and cached) and/or "
+                   "checkpoint folders. Default: SM,SF,l2-SM(30),SM+CL,SM+R(0.01),SF+R(0.01). "
+                   "Raw pixels are always added as a reference.")
+@click.option("--scales", default=None,
+              help="Fractions of the image side, e.g. 1,0.5,0.25 or 1/8 (default 1,1/2,..,1/16).")
+@click.option("--sizes", default=None, help="Face widths in pixels instead of --scales.")
+@click.option("--data", default=None,
+              help="Dataset: synth, orl, a manifest, or an InsightFace .bin path.")
+@click.option("--preset", default=None, help="Dataset preset (synth).")
+@click.option("--degrade", "degrade_text", default=None,
+              help="Degradation chain (lowres.degrade form; default bicubic>bicubic).")
+@click.option("--pairing", type=click.Choice(["probe", "both"]), default="probe",
+              show_default=True,
+              help="probe: clean gallery vs degraded probe; both: both images degraded.")
+@click.option("--far", "fars", default="1e-3,1e-2,1e-1", show_default=True,
+              help="Target false-accept rates.")
+@click.option("--folds", default="0", show_default=True, help="Identity-disjoint test folds.")
+@click.option("--seeds", "--seed", "seeds", default="0", show_default=True,
+              help="Training / degradation seeds.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Inference batch size.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/default",
+              show_default=True, help="Output folder.")
+@click.option("--force", is_flag=True, help="Replace a folder holding a sweep with other settings.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Training epochs of on-demand models (default: the training default).")
+@click.option("--backbone", default=None,
+              help="Network of on-demand models, e.g. sphere20 (default: cpunet).")
+@click.option("--model-cache", type=click.Path(file_okay=False), default=None,
+              help="Trained-model cache (default $LOWRES_CACHE/models or ~/.cache/lowres/models).")
+@click.option("--critical", default="0.5@1e-2", show_default=True,
+              help="Critical resolution target TAR@FAR.")
+@click.option("--save-baseline", type=click.Path(dir_okay=False), default=None,
+              help="Also write a `lowres check` baseline CSV here.")
+@click.option("--no-plot", is_flag=True, help="Skip the figures.")
+@click.pass_context
+def sweep_cmd(ctx, models, scales, sizes, data, preset, degrade_text, pairing, fars, folds,
+              seeds, device, batch_size, out, force, epochs, backbone, model_cache, critical,
+              save_baseline, no_plot) -> None:
+    """Evaluate models x probe resolutions into OUT/results.csv, figures and provenance."""
+    from pathlib import Path
+
+    from lowres import sweep as S
+    from lowres.errors import CheckpointError, ConfigError
+
+    def parsed(name, fn, *args):
+        try:
+            return fn(*args)
+        except (ConfigError, ValueError) as exc:
+            raise _bad(ctx, name, exc) from None
+
+    if scales is not None and sizes is not None:
+        raise click.UsageError("give --scales or --sizes, not both")
+    scale_values = parsed("scales", S.parse_float_list, scales, "--scales") if scales else None
+    if scale_values is not None:
+        parsed("scales", S.validate_scales, scale_values)
+    size_values = None
+    if sizes is not None:
+        size_values = parsed("sizes", S.parse_int_list, sizes, "--sizes")
+        if 0 in size_values:
+            raise _bad(ctx, "sizes", ValueError("sizes must be >= 1 pixel"))
+    far_values = parsed("fars", S.parse_float_list, fars, "--far")
+    parsed("fars", S.validate_fars, far_values)
+    try:
+        crit_tar, crit_far = (float(v) for v in critical.split("@"))
+    except ValueError:
+        raise _bad(ctx, "critical", ValueError("use TAR@FAR, e.g. 0.5@1e-2")) from None
+    model_list = tuple(models) if models is not None else S.DEFAULT_MODELS
+    try:
+        S.resolve_models(model_list)
+    except (ConfigError, CheckpointError) as exc:
+        raise _bad(ctx, "models", exc) from None
+    config = S.SweepConfig(
+        models=model_list,
+        scales=scale_values,
+        sizes=size_values,
+        data=data or S.DEFAULT_DATA,
+        preset=preset,
+        degrade=degrade_text,
+        pairing=pairing,
+        fars=far_values,
+        folds=parsed("folds", S.parse_int_list, folds, "--folds"),
+        seeds=parsed("seeds", S.parse_int_list, seeds, "--seeds"),
+        device=device,
+        batch_size=batch_size,
+        out=Path(out),
+        force=force,
+        epochs=epochs,
+        backbone=backbone,
+        model_cache=Path(model_cache) if model_cache else None,
+        critical_tar=crit_tar,
+        critical_far=crit_far,
+        plot=not no_plot,
+        save_baseline=Path(save_baseline) if save_baseline else None,
+    )
+    try:
+        result = S.run_sweep(config)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted: finished cells are kept in {out}/cells; rerun the same command "
+            "to resume",
+            err=True,
+        )
+        sys.exit(130)
+    crit = {"tar": crit_tar, "far": crit_far}
+    click.echo(S.format_summary(result.table, 1e-2, crit))
+    t = result.timings
+    click.echo(
+        f"\n{result.computed} cells computed, {result.reused} reused in {t['total']:.1f} s "
+        f"(train {t['train']:.1f}, embed {t['embed']:.1f}, score {t['score']:.1f}, "
+        f"bootstrap {t.get('bootstrap', 0.0):.1f}, plot {t.get('plot', 0.0):.1f}); "
+        f"results in {result.out}/results.csv"
+    )
+    if save_baseline:
+        click.echo(f"baseline written to {save_baseline}")
+
+
+@cli.command("plot")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def plot_cmd(run_dir) -> None:
+    """Draw the figures of sweep folder RUN_DIR into RUN_DIR/figures (PNG + PDF)."""
+    from lowres.plots import plot_run
+
+    for path in plot_run(run_dir, force=True):
+        click.echo(str(path))
+
+
+@cli.command("check")
+@click.argument("run_dir", type=click.Path())
+@click.option("--baseline", required=True, type=click.Path(dir_okay=False),
+              help="Baseline CSV written by `lowres sweep --save-baseline`.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="Absolute slack per metric before a cell counts as regressed.")
+def check_cmd(run_dir, baseline, tolerance) -> None:
+    """Compare RUN_DIR/results.csv with a baseline; exit 1 if any cell regressed."""
+    from lowres.check import check_run
+
+    result = check_run(run_dir, baseline, tolerance=tolerance)
+    click.echo(result.report())
+    if not result.ok:
+        sys.exit(1)
+
+
+@cli.command("run")
+@click.argument("study_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--list", "list_only", is_flag=True, help="List the studies in experiments/.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: the study's, runs/NAME).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Models trained in parallel, one torch thread each (default: the study's).")
+@click.option("--force", is_flag=True, help="Replace a sweep folder made with other settings.")
+def run_cmd(study_file, list_only, out, jobs, force) -> None:
+    """Run a study (experiments/NAME.toml): train what it needs, evaluate, draw its figures."""
+    from lowres.study import list_studies, load_study, run_study
+
+    if list_only:
+        for s in list_studies():
+            if s["error"]:
+                click.echo(f"{s['path']:<36} INVALID: {s['error']}")
+            else:
+                click.echo(f"{s['path']:<36} {s['kind']:<10} {', '.join(s['models'])}")
+        return
+    if study_file is None:
+        raise click.UsageError("give a study file (experiments/NAME.toml) or --list")
+    study = load_study(study_file)
+    result = run_study(study, out=out, jobs=jobs, force=force)
+    click.echo(result.summary)
+    click.echo(f"wrote {result.out} in {result.timings['total']:.1f} s "
+               f"({len(result.figures)} figure files)")
 
 
 def main() -> None:

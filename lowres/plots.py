@@ -1,0 +1,498 @@
+"""Figures of a sweep, drawn only from its tidy tables (``results.csv``, ``roc.csv``,
+``norms.csv``), each written atomically as PNG and PDF into ``RUN/figures/``.
+
+1. ``tar_vs_resolution``: verification rate (TAR) vs probe face width (pixels, log2 axis), one
+   panel per FAR, one line per model with its 95% Clopper-Pearson band. Each loss family has one
+   hue: the base loss is dashed in a light shade, its ``+R`` variants solid in darker shades,
+   so the Ring-loss margin is the gap between a solid line and the dashed one of the same hue.
+   The raw-pixel reference is grey and dotted.
+2. ``roc``: ROC curves (TAR vs FAR, log FAR axis), one panel per probe face width.
+3. ``norms``: feature-norm distributions per face width per model, each model's norms divided
+   by its own mean norm on clean images (1 = clean level), so models with different norm scales
+   share one axis. The paper's premise: norms fall with resolution, and stay near R with +R.
+4. ``genuine_cosine``: mean cosine of genuine pairs vs face width.
+5. ``ring_margin``: TAR(X+R) - TAR(X) vs face width with the paired bootstrap 95% interval, one
+   panel per FAR, zero line drawn.
+
+Matplotlib's object API is used (no pyplot, no global backend or style change), so plotting
+works headless and inside other programs. Several seeds are averaged
+(:func:`lowres.results.primary_rows`).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lowres.errors import ResultsError
+from lowres.results import atomic_write_bytes, primary_rows, read_table
+
+FIGURES_DIR = "figures"
+X_LABEL = "probe face width (pixels)"
+PIXELS = "pixels"
+_GREY = (0.45, 0.45, 0.45)
+
+
+# --------------------------------------------------------------------------------------------
+# Styles: one hue per loss family, +R solid and darker, base dashed and lighter
+# --------------------------------------------------------------------------------------------
+
+
+def _family(method: str) -> tuple[str, bool]:
+    """(family name, is_ring) of a method string; unknown strings are their own family."""
+    if method == PIXELS:
+        return PIXELS, False
+    try:
+        from lowres.methods import parse_method
+
+        spec = parse_method(method)
+    except Exception:  # a checkpoint from another version: style it on its own
+        return method, False
+    ring = dict(spec.aux).get("R") is not None
+    base = spec.__class__(
+        head=spec.head, head_args=spec.head_args, aux=tuple(a for a in spec.aux if a[0] != "R")
+    )
+    return str(base), ring
+
+
+def _shade(rgb: Sequence[float], lightness: float) -> tuple[float, float, float]:
+    h, _, s = colorsys.rgb_to_hls(*rgb[:3])
+    return colorsys.hls_to_rgb(h, lightness, min(1.0, s * 1.05))
+
+
+def model_styles(models: pd.DataFrame) -> dict[str, dict]:
+    """Per model id: colour, linestyle, marker, z-order and legend order.
+
+    Args:
+        models: frame with columns ``model`` and ``method`` (one row per model).
+    """
+    import seaborn as sns
+
+    pairs = models.drop_duplicates("model").sort_values("model")
+    fam_of = {m: _family(meth) for m, meth in zip(pairs["model"], pairs["method"], strict=True)}
+    families = sorted({f for f, _ in fam_of.values() if f != PIXELS})
+    palette = sns.color_palette("tab10", 10)
+    palette = [c for i, c in enumerate(palette) if i != 7]  # tab10 grey is for the reference
+    hue = {f: palette[i % len(palette)] for i, f in enumerate(families)}
+    markers = "osD^vP*Xph"
+    styles: dict[str, dict] = {}
+    order = 0
+    for fam in families:
+        members = sorted(m for m, (f, _) in fam_of.items() if f == fam)
+        rings = [m for m in members if fam_of[m][1]]
+        plain = [m for m in members if not fam_of[m][1]]
+        has_ring = bool(rings)
+        for i, m in enumerate(plain):
+            styles[m] = {
+                "color": _shade(hue[fam], 0.62) if has_ring else hue[fam],
+                "linestyle": (0, (4, 2)) if has_ring else "-",
+                "marker": markers[families.index(fam) % len(markers)],
+                "zorder": 3,
+                "order": order + i,
+            }
+        for j, m in enumerate(rings):
+            styles[m] = {
+                "color": _shade(hue[fam], 0.38 - 0.08 * j),
+                "linestyle": "-",
+                "marker": markers[families.index(fam) % len(markers)],
+                "zorder": 4,
+                "order": order + len(plain) + j,
+            }
+        order += len(members)
+    for m, (f, _) in fam_of.items():
+        if f == PIXELS:
+            styles[m] = {
+                "color": _GREY,
+                "linestyle": ":",
+                "marker": ".",
+                "zorder": 2,
+                "order": 10_000,
+            }
+    return styles
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _figure(ncols: int, nrows: int = 1, *, panel=(4.2, 3.4), extra_w: float = 2.2):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(panel[0] * ncols + extra_w, panel[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    return fig, axes
+
+
+def _log2_size_axis(ax, sizes: Sequence[int]) -> None:
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    sizes = sorted({int(s) for s in sizes})
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(s) for s in sizes])
+    lo, hi = min(sizes), max(sizes)
+    ax.set_xlim(lo / 2**0.25, hi * 2**0.25)
+    ax.set_xlabel(X_LABEL)
+
+
+def _legend(fig, axes, styles: dict[str, dict], title: str = "model") -> None:
+    from matplotlib.lines import Line2D
+
+    names = sorted(styles, key=lambda m: styles[m]["order"])
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=styles[m]["color"],
+            linestyle=styles[m]["linestyle"],
+            marker=styles[m]["marker"],
+            linewidth=2,
+        )
+        for m in names
+    ]
+    fig.legend(handles, names, title=title, loc="outside right upper", frameon=False)
+
+
+def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "pdf"):
+        buf = io.BytesIO()
+        meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
+        fig.savefig(buf, format=ext, dpi=150, metadata=meta)
+        paths.append(atomic_write_bytes(out_dir / f"{stem}.{ext}", buf.getvalue()))
+    return paths
+
+
+def _caption(prim: pd.DataFrame) -> str:
+    parts = []
+    for col in ("dataset", "pairing", "degrade"):
+        vals = sorted(set(prim[col]) - {""})
+        if vals:
+            parts.append(f"{col}: {', '.join(vals)}")
+    import textwrap
+
+    # Long degradation chains wrap instead of running under the legend.
+    return "\n".join(textwrap.wrap("   ".join(parts), 80))
+
+
+def _fmt_far(far: float) -> str:
+    exp = math.log10(far)
+    return f"1e{round(exp)}" if math.isclose(exp, round(exp)) else f"{far:g}"
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def figure_tar_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
+    """Figure 1 from primary rows (``tar`` metric)."""
+    tar = prim[prim["metric"] == "tar"]
+    fars = sorted(tar["far"].unique())
+    if not fars:
+        raise ResultsError("no TAR rows to plot; the results table is empty")
+    fig, axes = _figure(len(fars))
+    sizes = tar["size_px"].dropna().astype(int).unique()
+    for ax, far in zip(axes[0], fars, strict=True):
+        sub = tar[np.isclose(tar["far"], far)]
+        for model, g in sub.groupby("model"):
+            g = g.sort_values("size_px")
+            st = styles[model]
+            x = g["size_px"].to_numpy(float)
+            ax.fill_between(
+                x,
+                g["ci_low"],
+                g["ci_high"],
+                color=st["color"],
+                alpha=0.12,
+                linewidth=0,
+                zorder=st["zorder"] - 1,
+            )
+            ax.plot(
+                x,
+                g["value"],
+                color=st["color"],
+                linestyle=st["linestyle"],
+                marker=st["marker"],
+                markersize=4,
+                linewidth=1.8,
+                zorder=st["zorder"],
+            )
+        n_imp = int(sub["n_impostor"].max()) if sub["n_impostor"].notna().any() else 0
+        flagged = bool(sub["flagged"].fillna(False).any())
+        title = f"FAR = {_fmt_far(far)}"
+        if flagged:
+            title += f"  (below 1/{n_imp} impostors: FAR-0 point)"
+        ax.set_title(title, fontsize=10)
+        _log2_size_axis(ax, sizes)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("verification rate (TAR)")
+    _legend(fig, axes, styles)
+    fig.suptitle(
+        "Verification rate vs probe resolution\n(bands: 95% Clopper-Pearson)\n" + _caption(prim),
+        fontsize=10,
+    )
+    return fig
+
+
+def figure_roc(roc: pd.DataFrame, styles: dict[str, dict], caption: str = ""):
+    """Figure 2 from ``roc.csv`` rows (averaged over seeds)."""
+    roc = roc.groupby(["model", "size_px", "far"], as_index=False)["tar"].mean()
+    sizes = sorted(roc["size_px"].unique(), reverse=True)
+    ncols = min(len(sizes), 3)
+    nrows = math.ceil(len(sizes) / ncols)
+    fig, axes = _figure(ncols, nrows, panel=(3.8, 3.2))
+    for i, ax in enumerate(axes.flat):
+        if i >= len(sizes):
+            ax.set_visible(False)
+            continue
+        size = sizes[i]
+        sub = roc[roc["size_px"] == size]
+        for model, g in sub.groupby("model"):
+            st = styles[model]
+            g = g[g["far"] > 0].sort_values("far")
+            ax.plot(
+                g["far"],
+                g["tar"],
+                color=st["color"],
+                linestyle=st["linestyle"],
+                linewidth=1.6,
+                zorder=st["zorder"],
+            )
+        ax.set_xscale("log")
+        ax.set_title(f"probe width {int(size)} px", fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, which="major", alpha=0.3)
+        if i // ncols == nrows - 1 or i + ncols >= len(sizes):
+            ax.set_xlabel("false accept rate (FAR, log)")
+        if i % ncols == 0:
+            ax.set_ylabel("true accept rate (TAR)")
+    _legend(fig, axes, styles)
+    fig.suptitle("ROC per probe resolution\n" + caption, fontsize=10)
+    return fig
+
+
+def figure_norms(norms: pd.DataFrame, styles: dict[str, dict], caption: str = ""):
+    """Figure 3 from ``norms.csv`` rows: boxes of norm / clean mean, per width per model."""
+    models = sorted(norms["model"].unique(), key=lambda m: styles[m]["order"])
+    sizes = sorted(norms["size_px"].unique(), reverse=True)
+    from matplotlib.figure import Figure
+
+    width = max(8.5, 0.22 * len(models) * len(sizes) + 3.5)
+    fig = Figure(figsize=(width, 4.2), layout="constrained")
+    ax = fig.subplots()
+    n = len(models)
+    box_w = 0.8 / n
+    for j, model in enumerate(models):
+        st = styles[model]
+        data = [
+            norms.loc[(norms["model"] == model) & (norms["size_px"] == s), "norm_rel"].dropna()
+            for s in sizes
+        ]
+        pos = np.arange(len(sizes)) - 0.4 + box_w * (j + 0.5)
+        bp = ax.boxplot(
+            [d.to_numpy() for d in data],
+            positions=pos,
+            widths=box_w * 0.85,
+            patch_artist=True,
+            showfliers=False,
+            manage_ticks=False,
+        )
+        for patch in bp["boxes"]:
+            patch.set_facecolor(st["color"])
+            patch.set_alpha(0.85 if st["linestyle"] == "-" else 0.45)
+            patch.set_edgecolor(st["color"])
+            patch.set_linestyle(st["linestyle"] if st["linestyle"] != ":" else "-")
+        for part in ("whiskers", "caps"):
+            for line in bp[part]:
+                line.set_color(st["color"])
+        for line in bp["medians"]:
+            line.set_color("black")
+            line.set_linewidth(1.0)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", zorder=0)
+    ax.set_xticks(np.arange(len(sizes)))
+    ax.set_xticklabels([str(int(s)) for s in sizes])
+    ax.set_xlabel(X_LABEL)
+    ax.set_ylabel("feature norm / model's mean clean norm")
+    ax.grid(True, axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(
+            facecolor=styles[m]["color"],
+            edgecolor=styles[m]["color"],
+            alpha=0.85 if styles[m]["linestyle"] == "-" else 0.45,
+        )
+        for m in models
+    ]
+    fig.legend(handles, models, title="model", loc="outside right upper", frameon=False)
+    fig.suptitle(
+        "Feature-norm distribution per probe resolution\n"
+        "(boxes: quartiles, whiskers: 1.5 IQR, 1 = the model's clean mean)\n" + caption,
+        fontsize=10,
+    )
+    return fig
+
+
+def figure_genuine_cosine(prim: pd.DataFrame, styles: dict[str, dict]):
+    """Figure 4 from primary rows (``genuine_cos_mean``; ``impostor_cos_mean`` in the inset)."""
+    gen = prim[prim["metric"] == "genuine_cos_mean"]
+    fig, axes = _figure(1, panel=(5.5, 3.8))
+    ax = axes[0][0]
+    for model, g in gen.groupby("model"):
+        g = g.sort_values("size_px")
+        st = styles[model]
+        ax.plot(
+            g["size_px"].to_numpy(float),
+            g["value"],
+            color=st["color"],
+            linestyle=st["linestyle"],
+            marker=st["marker"],
+            markersize=4,
+            linewidth=1.8,
+            zorder=st["zorder"],
+        )
+    _log2_size_axis(ax, gen["size_px"].dropna().astype(int).unique())
+    ax.set_ylabel("mean cosine of genuine pairs")
+    ax.grid(True, alpha=0.3)
+    _legend(fig, axes, styles)
+    fig.suptitle("Genuine-pair similarity vs probe resolution\n" + _caption(prim), fontsize=10)
+    return fig
+
+
+def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict]):
+    """Figure 5 from primary rows (``ring_margin``); None when the sweep has no +R/base pair."""
+    margin = prim[prim["metric"] == "ring_margin"]
+    if margin.empty:
+        return None
+    fars = sorted(margin["far"].unique())
+    fig, axes = _figure(len(fars))
+    labels = {}
+    for ax, far in zip(axes[0], fars, strict=True):
+        sub = margin[np.isclose(margin["far"], far)]
+        for model, g in sub.groupby("model"):
+            g = g.sort_values("size_px")
+            st = styles[model]
+            x = g["size_px"].to_numpy(float)
+            ax.fill_between(
+                x, g["ci_low"], g["ci_high"], color=st["color"], alpha=0.18, linewidth=0
+            )
+            ax.plot(
+                x, g["value"], color=st["color"], marker=st["marker"], markersize=4, linewidth=1.8
+            )
+            labels[model] = f"{model} - {g['reference'].iloc[0]}"
+        ax.axhline(0.0, color="black", linewidth=0.9)
+        ax.set_title(f"FAR = {_fmt_far(far)}", fontsize=10)
+        _log2_size_axis(ax, margin["size_px"].dropna().astype(int).unique())
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("TAR difference (+R minus base)")
+    from matplotlib.lines import Line2D
+
+    names = sorted(labels, key=lambda m: styles[m]["order"])
+    handles = [
+        Line2D([], [], color=styles[m]["color"], marker=styles[m]["marker"], linewidth=2)
+        for m in names
+    ]
+    fig.legend(
+        handles,
+        [labels[m] for m in names],
+        title="Ring-loss margin",
+        loc="outside right upper",
+        frameon=False,
+    )
+    fig.suptitle(
+        "Ring-loss margin vs probe resolution\n(bands: 95% paired bootstrap over identities)\n"
+        + _caption(prim),
+        fontsize=10,
+    )
+    return fig
+
+
+def plot_tables(
+    table: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    roc: pd.DataFrame | None = None,
+    norms: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Draw every figure the given tables allow into ``out_dir``; returns the written files."""
+    import seaborn as sns
+
+    out_dir = Path(out_dir)
+    prim = primary_rows(table)
+    styles = model_styles(prim[["model", "method"]])
+    caption = _caption(prim)
+    written: list[Path] = []
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        figures = [
+            ("tar_vs_resolution", figure_tar_vs_resolution(prim, styles)),
+            ("genuine_cosine", figure_genuine_cosine(prim, styles)),
+            ("ring_margin", figure_ring_margin(prim, styles)),
+        ]
+        if roc is not None and not roc.empty:
+            figures.append(("roc", figure_roc(roc, styles, caption)))
+        if norms is not None and not norms.empty:
+            figures.append(("norms", figure_norms(norms, styles, caption)))
+        for stem, fig in figures:
+            if fig is not None:
+                written += _save(fig, out_dir, stem)
+    return written
+
+
+FIGURE_STEMS = ("tar_vs_resolution", "genuine_cosine", "ring_margin", "roc", "norms")
+_STYLE_VERSION = "1"
+_DIGEST_FILE = ".source-digest"
+
+
+def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
+    """Figures of a sweep folder into ``RUN/figures/`` (PNG + PDF).
+
+    The figures are redrawn only when the tables they come from changed (a digest of
+    ``results.csv``, ``roc.csv`` and ``norms.csv`` is kept beside them) or ``force`` is set,
+    so rerunning a finished sweep costs no drawing time.
+
+    Raises:
+        ResultsError: the folder or its ``results.csv`` is missing.
+    """
+    import hashlib
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ResultsError(f"{run_dir} is not a folder; give a sweep folder made by lowres sweep")
+    table_path = run_dir / "results.csv"
+    table = read_table(table_path)
+    out_dir = run_dir / FIGURES_DIR
+    digest = hashlib.sha256(_STYLE_VERSION.encode())
+    for name in ("results.csv", "roc.csv", "norms.csv"):
+        path = run_dir / name
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    digest_path = out_dir / _DIGEST_FILE
+    if not force and digest_path.is_file() and digest_path.read_text() == digest.hexdigest():
+        existing = sorted(p for p in out_dir.iterdir() if p.suffix in (".png", ".pdf"))
+        if existing:
+            return existing
+    roc = _read_optional(run_dir / "roc.csv")
+    norms = _read_optional(run_dir / "norms.csv")
+    written = plot_tables(table, out_dir, roc=roc, norms=norms)
+    from lowres.results import atomic_write_text
+
+    atomic_write_text(digest_path, digest.hexdigest())
+    return written
+
+
+def _read_optional(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ResultsError(f"{path} is not a readable CSV ({exc}); rerun the sweep") from None

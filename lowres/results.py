@@ -1,0 +1,462 @@
+"""Tidy results tables: schema, atomic I/O, provenance, and summaries drawn from the table.
+
+A sweep writes one long table, ``results.csv``, with one row per
+dataset x model x scale x pairing x fold x seed x metric (x FAR where the metric has one).
+Columns (:data:`COLUMNS`, always in this order):
+
+=============  ===========================================================================
+dataset        dataset name the test images came from
+model          model id: paper notation for trained methods ("SF+R(0.01)"), the checkpoint
+               name for loaded checkpoints, "pixels" for the raw-pixel reference
+method         loss in paper notation ("pixels" for the reference)
+scale          fraction of the image side kept before upsampling back (1 = clean)
+size_px        face width in pixels after degradation, round(W * scale)
+pairing        "probe": clean gallery vs degraded probe; "both": both images degraded
+fold           identity-disjoint test fold; :data:`POOLED` (-1) = scores pooled over folds
+seed           training / degradation seed
+metric         see :data:`METRICS`
+far            target false-accept rate for metrics that have one, else empty
+value          the number
+ci_low/high    95% interval where one exists (Clopper-Pearson for TAR, bootstrap for margins)
+n_genuine      genuine pairs behind the number
+n_impostor     impostor pairs behind the number
+threshold      accept iff cosine >= threshold (TAR); the clean threshold (transfer_*)
+far_achieved   false-accept rate actually achieved at that threshold (<= far for TAR)
+flagged        True when far < 1 / n_impostor: the rate is not resolvable with these pairs
+reference      the model a row is relative to (ring_margin: the base loss), else empty
+degrade        degradation chain (``str(DegradeSpec)``)
+degrade_hash   its stable hash
+=============  ===========================================================================
+
+Row kinds, by metric (direction for ``lowres check`` in brackets: + higher is better,
+- lower is better, blank = diagnostic, not checked):
+
+* per cell: ``tar`` [+] (per FAR), ``auc`` [+], ``eer`` [-], ``dprime`` [+], ``accuracy`` [+] and
+  ``accuracy_std`` (10-fold, fixed pair lists only), ``genuine_cos_mean`` [+],
+  ``impostor_cos_mean``, ``norm_mean``, ``norm_std``, ``norm_ratio`` (mean norm at this scale over
+  the model's clean mean norm), ``transfer_far`` and ``transfer_frr`` (the threshold chosen at
+  each FAR on clean pairs applied at this scale: calibration drift);
+* per model and scale: ``tar_drop`` (clean TAR minus TAR at this scale, per FAR);
+* per model: ``resolution_auc`` [+] (per FAR; mean TAR over log2(size_px), i.e. the area under
+  TAR vs log2 face width divided by the width of that axis; scale and size_px empty),
+  ``critical_size_px`` [-] (smallest face width from which every larger tested width reaches
+  the target TAR at the target FAR; empty when none does);
+* ``ring_margin`` (per +R model, scale and FAR): TAR(model) - TAR(reference) with a paired
+  bootstrap interval over test identities (and seeds).
+
+Everything a reader needs to reproduce a number sits in ``provenance.json`` beside the table.
+Writes go to a temporary file in the same folder and are moved into place with ``os.replace``,
+so a reader (or a killed sweep) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lowres.errors import ResultsError
+
+POOLED = -1
+"""``fold`` value of rows computed from scores pooled over every fold of a sweep."""
+
+COLUMNS: tuple[str, ...] = (
+    "dataset",
+    "model",
+    "method",
+    "scale",
+    "size_px",
+    "pairing",
+    "fold",
+    "seed",
+    "metric",
+    "far",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n_genuine",
+    "n_impostor",
+    "threshold",
+    "far_achieved",
+    "flagged",
+    "reference",
+    "degrade",
+    "degrade_hash",
+)
+
+KEY_COLUMNS: tuple[str, ...] = (
+    "dataset",
+    "model",
+    "pairing",
+    "scale",
+    "fold",
+    "seed",
+    "metric",
+    "far",
+    "reference",
+)
+"""Columns that identify a row; ``lowres check`` joins a table and a baseline on these."""
+
+HIGHER_IS_BETTER = frozenset(
+    {"tar", "auc", "dprime", "accuracy", "genuine_cos_mean", "resolution_auc"}
+)
+LOWER_IS_BETTER = frozenset({"eer", "critical_size_px"})
+METRICS = (
+    "tar",
+    "auc",
+    "eer",
+    "dprime",
+    "accuracy",
+    "accuracy_std",
+    "genuine_cos_mean",
+    "impostor_cos_mean",
+    "norm_mean",
+    "norm_std",
+    "norm_ratio",
+    "transfer_far",
+    "transfer_frr",
+    "tar_drop",
+    "resolution_auc",
+    "critical_size_px",
+    "ring_margin",
+)
+
+_INT_COLUMNS = ("size_px", "fold", "seed", "n_genuine", "n_impostor")
+_FLOAT_COLUMNS = (
+    "scale",
+    "far",
+    "value",
+    "ci_low",
+    "ci_high",
+    "threshold",
+    "far_achieved",
+)
+_STR_COLUMNS = (
+    "dataset",
+    "model",
+    "method",
+    "pairing",
+    "metric",
+    "reference",
+    "degrade",
+    "degrade_hash",
+)
+
+
+def make_row(**fields: Any) -> dict[str, Any]:
+    """One table row with every column present (missing ones empty).
+
+    Raises:
+        ResultsError: a field name that is not a column (a programming slip shows up at once).
+    """
+    unknown = set(fields) - set(COLUMNS)
+    if unknown:
+        raise ResultsError(f"unknown result columns {sorted(unknown)}; valid: {list(COLUMNS)}")
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(fields)
+    return row
+
+
+def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows -> a DataFrame with the schema's columns and dtypes.
+
+    Integer columns use pandas' nullable ``Int64`` (empty where a row has no value), floats
+    ``float64`` (NaN where empty), ``flagged`` nullable boolean, text ``object`` ("" where empty).
+    """
+    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    return normalise(frame)
+
+
+def normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Coerce a table (built in memory or read from CSV) to the schema's dtypes and order."""
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ResultsError(
+            f"results table lacks columns {missing}; it was not written by this lowres version"
+        )
+    out = frame.loc[:, list(COLUMNS)].copy()
+    for col in _INT_COLUMNS:
+        out[col] = pd.to_numeric(out[col], errors="raise").astype("Int64")
+    for col in _FLOAT_COLUMNS:
+        out[col] = pd.to_numeric(out[col], errors="raise").astype("float64")
+    for col in _STR_COLUMNS:
+        out[col] = out[col].astype(object).where(out[col].notna(), "").astype(str)
+    flagged = out["flagged"].map(_parse_bool)
+    out["flagged"] = pd.array(flagged.tolist(), dtype="boolean")
+    return out
+
+
+def _parse_bool(value: Any) -> bool | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    if text in ("", "nan", "<na>", "none"):
+        return None
+    raise ResultsError(f"flagged column holds {value!r}; expected True/False or empty")
+
+
+def sort_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Deterministic row order: dataset, model, pairing, fold, seed, metric, far, scale."""
+    order = ["dataset", "model", "pairing", "fold", "seed", "metric", "reference", "far", "scale"]
+    return frame.sort_values(order, kind="mergesort", na_position="first").reset_index(drop=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # KeyboardInterrupt included: never leave a half-written temporary behind.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Text variant of :func:`atomic_write_bytes` (UTF-8, ``\\n`` line ends)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON with sorted keys and a trailing newline, written atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json) + "\n")
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """``np.savez`` to a temporary file, then ``os.replace`` (uncompressed: fast to write)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _json(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def table_to_csv(frame: pd.DataFrame) -> str:
+    """The exact CSV text lowres writes: schema order, ``repr``-exact floats, ``\\n`` ends."""
+    frame = normalise(frame)
+    return frame.to_csv(index=False, lineterminator="\n", float_format="%.17g")
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a results table atomically (see :func:`table_to_csv` for the format)."""
+    return atomic_write_text(path, table_to_csv(frame))
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a results table written by :func:`write_table`.
+
+    Raises:
+        ResultsError: the file is missing, not CSV, or lacks the schema's columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"results table {path} not found; run `lowres sweep --out DIR` first")
+    try:
+        frame = pd.read_csv(path, keep_default_na=True, dtype={c: str for c in _STR_COLUMNS})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path} is not a readable CSV ({exc}); regenerate it") from None
+    return normalise(frame)
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the interpreter and the libraries a result depends on."""
+    import lowres
+
+    versions = {"python": platform.python_version(), "lowres": lowres.__version__}
+    for name in ("torch", "kornia", "numpy", "pandas"):
+        try:
+            module = __import__(name)
+            versions[name] = str(module.__version__)
+        except ImportError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> str:
+    """``git rev-parse HEAD`` of the lowres source tree (+ "-dirty"), or "unknown"."""
+    where = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return "unknown"
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        dirty = "-dirty" if status.returncode == 0 and status.stdout.strip() else ""
+        return head.stdout.strip() + dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries computed from the tidy table
+# --------------------------------------------------------------------------------------------
+
+
+def primary_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows summaries and figures use: pooled-over-folds rows where a sweep has several
+    folds, else the single fold's rows; averaged over seeds where there are several.
+
+    Averaging over seeds averages ``value`` and both interval ends, so a band is the mean of
+    the per-seed intervals (a descriptive band, not an interval for the seed mean).
+    """
+    if frame.empty:
+        return frame.copy()
+    parts = []
+    for _, group in frame.groupby(["dataset", "model", "pairing"], sort=True, dropna=False):
+        if (group["fold"] == POOLED).any():
+            group = group[group["fold"] == POOLED]
+        parts.append(group)
+    chosen = pd.concat(parts, ignore_index=True)
+    keys = ["dataset", "model", "method", "pairing", "metric", "reference", "far", "scale"]
+    keys += ["size_px", "degrade", "degrade_hash"]
+    if chosen.groupby(keys, dropna=False)["seed"].nunique().max() <= 1:
+        return chosen.reset_index(drop=True)
+    numeric = ["value", "ci_low", "ci_high", "threshold", "far_achieved"]
+    counts = ["n_genuine", "n_impostor"]
+    agg = {c: "mean" for c in numeric} | {c: "sum" for c in counts}
+    agg |= {"fold": "first", "flagged": "max"}
+    out = chosen.groupby(keys, dropna=False, sort=True).agg(agg).reset_index()
+    out["seed"] = pd.array([pd.NA] * len(out), dtype="Int64")
+    return normalise(out)
+
+
+def robustness_rows(
+    frame: pd.DataFrame, *, target_tar: float = 0.5, target_far: float = 1e-2
+) -> list[dict[str, Any]]:
+    """Per-model robustness summaries from per-scale ``tar`` rows.
+
+    Args:
+        frame: tidy rows holding ``tar`` rows for several scales (one fold/seed level:
+            per fold, or pooled; pass one level at a time).
+        target_tar: TAR a resolution must reach to count as usable.
+        target_far: FAR at which ``target_tar`` is read (must be one of the sweep's FARs).
+
+    Returns:
+        ``tar_drop`` rows (per scale and FAR), ``resolution_auc`` rows (per FAR) and one
+        ``critical_size_px`` row per model (its ``far`` column holds ``target_far`` and its
+        ``threshold`` column is empty; the target TAR is in provenance).
+    """
+    rows: list[dict[str, Any]] = []
+    tar = frame[frame["metric"] == "tar"]
+    group_keys = ["dataset", "model", "method", "pairing", "fold", "seed", "degrade"]
+    for keys, group in tar.groupby(group_keys, dropna=False, sort=True):
+        base = dict(zip(group_keys, keys, strict=True))
+        base["degrade_hash"] = group["degrade_hash"].iloc[0]
+        for far, by_far in group.groupby("far", sort=True):
+            by_far = by_far.sort_values("size_px")
+            sizes = by_far["size_px"].to_numpy(dtype=float)
+            values = by_far["value"].to_numpy(dtype=float)
+            clean = by_far.loc[by_far["scale"] == by_far["scale"].max(), "value"]
+            clean_value = float(clean.iloc[0])
+            for _, r in by_far.iterrows():
+                rows.append(
+                    make_row(
+                        **base,
+                        scale=r["scale"],
+                        size_px=r["size_px"],
+                        metric="tar_drop",
+                        far=far,
+                        value=clean_value - float(r["value"]),
+                        n_genuine=r["n_genuine"],
+                        n_impostor=r["n_impostor"],
+                    )
+                )
+            rows.append(
+                make_row(
+                    **base, metric="resolution_auc", far=far, value=resolution_auc(sizes, values)
+                )
+            )
+            if math.isclose(float(far), target_far, rel_tol=1e-9):
+                rows.append(
+                    make_row(
+                        **base,
+                        metric="critical_size_px",
+                        far=far,
+                        value=critical_size(sizes, values, target_tar),
+                    )
+                )
+    return rows
+
+
+def resolution_auc(sizes_px: Sequence[float], values: Sequence[float]) -> float:
+    """Area under ``values`` vs log2(size) divided by the axis width (= mean over log-size).
+
+    One size only: that size's value. Sizes need not be sorted; duplicates are not allowed.
+
+    >>> resolution_auc([8, 16, 32], [0.0, 0.5, 1.0])
+    0.5
+    """
+    x = np.log2(np.asarray(sizes_px, dtype=np.float64))
+    y = np.asarray(values, dtype=np.float64)
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if x.size == 1:
+        return float(y[0])
+    width = x[-1] - x[0]
+    if width <= 0:
+        raise ResultsError("resolution_auc needs distinct sizes; got duplicates")
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0 / width)
+
+
+def critical_size(sizes_px: Sequence[float], values: Sequence[float], target: float) -> float:
+    """Smallest size from which every larger tested size reaches ``target`` (NaN if none).
+
+    Requiring every larger size too keeps one lucky small size on a non-monotone curve from
+    being reported as the critical resolution.
+
+    >>> critical_size([6, 12, 24, 48], [0.6, 0.2, 0.7, 0.9], 0.5)
+    24.0
+    """
+    x = np.asarray(sizes_px, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    best = math.nan
+    for i in range(x.size - 1, -1, -1):
+        if not y[i] >= target:
+            break
+        best = float(x[i])
+    return best

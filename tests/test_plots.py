@@ -1,0 +1,122 @@
+"""lowres.plots: every figure is drawn from a synthetic tidy table, PNG and PDF, atomically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lowres.errors import ResultsError
+from lowres.plots import X_LABEL, model_styles, plot_run
+from lowres.results import make_row, robustness_rows, to_frame, write_table
+
+MODELS = ("SM", "SM+R(0.01)", "SF", "SF+R(0.01)", "pixels")
+SIZES = (48, 24, 12, 6)
+
+
+def _write_run(folder):
+    rng = np.random.default_rng(0)
+    ctx = {"dataset": "synth", "pairing": "probe", "degrade": "bicubic>bicubic"}
+    ctx["degrade_hash"] = "0123456789ab"
+    rows, roc, norms = [], [], []
+    for m in MODELS:
+        for size in SIZES:
+            base = {**ctx, "model": m, "method": m, "scale": size / 48, "size_px": size}
+            base |= {"fold": 0, "seed": 0}
+            for far in (1e-2, 1e-1):
+                v = float(np.clip(size / 60 + 0.1 * ("+R" in m) + rng.normal(0, 0.02), 0, 1))
+                rows.append(
+                    make_row(
+                        **base,
+                        metric="tar",
+                        far=far,
+                        value=v,
+                        ci_low=v - 0.05,
+                        ci_high=v + 0.05,
+                        n_genuine=90,
+                        n_impostor=4000,
+                        flagged=False,
+                    )
+                )
+                if "+R" in m:
+                    rows.append(
+                        make_row(
+                            **base,
+                            metric="ring_margin",
+                            far=far,
+                            value=0.1,
+                            ci_low=0.02,
+                            ci_high=0.18,
+                            reference=m.split("+")[0],
+                        )
+                    )
+            rows.append(make_row(**base, metric="genuine_cos_mean", value=size / 60))
+            for far in np.geomspace(1e-3, 1, 20):
+                roc.append(
+                    {
+                        "model": m,
+                        "method": m,
+                        "seed": 0,
+                        "scale": size / 48,
+                        "size_px": size,
+                        "far": far,
+                        "tar": far ** (6 / size),
+                    }
+                )
+            for i, v in enumerate(rng.normal(1, 0.1, 30)):
+                norms.append(
+                    {
+                        "model": m,
+                        "method": m,
+                        "seed": 0,
+                        "scale": size / 48,
+                        "size_px": size,
+                        "image": i,
+                        "norm": 3 * v,
+                        "norm_rel": v,
+                    }
+                )
+    table = to_frame(rows)
+    table = pd.concat([table, to_frame(robustness_rows(table))], ignore_index=True)
+    write_table(table, folder / "results.csv")
+    pd.DataFrame(roc).to_csv(folder / "roc.csv", index=False)
+    pd.DataFrame(norms).to_csv(folder / "norms.csv", index=False)
+
+
+def test_every_figure_written_as_png_and_pdf(tmp_path):
+    _write_run(tmp_path)
+    files = plot_run(tmp_path)
+    stems = {p.stem for p in files}
+    assert stems == {"tar_vs_resolution", "roc", "norms", "genuine_cosine", "ring_margin"}
+    for p in files:
+        assert p.suffix in (".png", ".pdf") and p.stat().st_size > 5000
+        assert p.read_bytes()[:4] in (b"\x89PNG", b"%PDF")
+    assert not list((tmp_path / "figures").glob(".*.tmp"))
+    # Unchanged tables: nothing is redrawn.
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    again = plot_run(tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in again} == mtimes
+
+
+def test_ring_models_share_the_hue_family_of_their_base():
+    frame = pd.DataFrame({"model": list(MODELS), "method": list(MODELS)})
+    st = model_styles(frame)
+    assert st["SM+R(0.01)"]["linestyle"] == "-" and st["SM"]["linestyle"] != "-"
+    assert st["pixels"]["linestyle"] == ":"
+    assert st["SM"]["color"] != st["SF"]["color"]
+    import colorsys
+
+    hue = {m: colorsys.rgb_to_hls(*st[m]["color"])[0] for m in MODELS}
+    assert hue["SM"] == pytest.approx(hue["SM+R(0.01)"], abs=0.02)
+    assert hue["SF"] == pytest.approx(hue["SF+R(0.01)"], abs=0.02)
+
+
+def test_axis_label_has_units():
+    assert "pixels" in X_LABEL
+
+
+def test_missing_run_is_an_error(tmp_path):
+    with pytest.raises(ResultsError):
+        plot_run(tmp_path / "nope")
+    with pytest.raises(ResultsError):
+        plot_run(tmp_path)

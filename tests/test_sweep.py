@@ -1,0 +1,354 @@
+"""lowres.sweep: resumable cells, determinism, interruption, bad input, bootstrap.
+
+One tiny synthetic preset (12 test identities x 4 images of 28x24 px) and 1-epoch models keep
+the whole file well under a minute and a half on 2 CPU cores. Models are trained once per module
+into a temporary cache; the interruption tests run the sweep in a subprocess and kill it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lowres import sweep as S
+from lowres.errors import ConfigError, ResultsError
+from lowres.results import KEY_COLUMNS, read_table
+
+TINY = (40, 4, 12, 4, (28, 24), (56, 48), 1)
+MODELS = ("SM", "SM+R(0.01)")
+SCALES = (1.0, 0.5, 0.25)
+
+PRESET_SNIPPET = (
+    f"from lowres.data import synthetic as _sy\n_sy.PRESETS['tinytest'] = _sy.SynthPreset{TINY!r}\n"
+)
+
+
+def _register_preset() -> None:
+    from lowres.data import synthetic
+
+    synthetic.PRESETS["tinytest"] = synthetic.SynthPreset(*TINY)
+
+
+def _config(out: Path, cache: Path, **changes) -> S.SweepConfig:
+    base = S.SweepConfig(
+        models=MODELS,
+        scales=SCALES,
+        data="synth",
+        preset="tinytest",
+        fars=(1e-2, 1e-1),
+        epochs=1,
+        device="cpu",
+        batch_size=64,
+        out=out,
+        model_cache=cache,
+        n_boot=200,
+        plot=False,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted sweep: (config, result, model cache)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    _register_preset()
+    root = tmp_path_factory.mktemp("sweep")
+    cache = root / "models"
+    config = _config(root / "ref", cache)
+    result = S.run_sweep(config)
+    return config, result, cache
+
+
+def test_reference_table_shape(reference):
+    config, result, _ = reference
+    table = read_table(config.out / "results.csv")
+    assert result.computed == 3 * len(SCALES) and result.reused == 0
+    assert set(table["model"]) == {"SM", "SM+R(0.01)", "pixels"}
+    assert not table.duplicated(list(KEY_COLUMNS)).any()
+    tar = table[table["metric"] == "tar"]
+    assert len(tar) == 3 * len(SCALES) * 2
+    assert sorted(tar["size_px"].unique()) == [6, 12, 24]
+    assert (tar["far_achieved"] <= tar["far"] + 1e-12).all()
+    assert ((tar["ci_low"] <= tar["value"]) & (tar["value"] <= tar["ci_high"])).all()
+    # 12 identities x 4 images: 72 genuine and 1056 impostor pairs per cell.
+    assert set(tar["n_genuine"]) == {72} and set(tar["n_impostor"]) == {1056}
+    margin = table[table["metric"] == "ring_margin"]
+    assert set(margin["model"]) == {"SM+R(0.01)"} and set(margin["reference"]) == {"SM"}
+    assert len(margin) == len(SCALES) * 2
+    # Threshold transfer at the clean scale is the clean threshold itself.
+    clean = table[(table["scale"] == 1.0) & (table["model"] == "SM")]
+    t_far = clean[clean["metric"] == "transfer_far"].sort_values("far")["value"].to_numpy()
+    a_far = clean[clean["metric"] == "tar"].sort_values("far")["far_achieved"].to_numpy()
+    np.testing.assert_allclose(t_far, a_far)
+    ratio = clean[clean["metric"] == "norm_ratio"]["value"]
+    assert np.allclose(ratio, 1.0)
+    for metric in ("resolution_auc", "critical_size_px", "tar_drop"):
+        assert (table["metric"] == metric).any()
+    prov = json.loads((config.out / "provenance.json").read_text())
+    assert prov["status"] == "complete"
+    assert prov["degradation"]["hash"] == table["degrade_hash"].iloc[0]
+    assert set(prov["versions"]) >= {"python", "torch", "kornia", "numpy", "lowres"}
+    assert prov["git_revision"]
+    assert {"train", "embed", "score", "total"} <= set(prov["timings_s"])
+
+
+def test_same_seed_gives_identical_bytes(reference, tmp_path):
+    config, _, _ = reference
+    # A fresh model cache: the models are trained again, so training is covered too.
+    again = S.run_sweep(_config(tmp_path / "again", tmp_path / "models"))
+    assert again.computed == 3 * len(SCALES)
+    assert (tmp_path / "again" / "results.csv").read_bytes() == (
+        config.out / "results.csv"
+    ).read_bytes()
+
+
+def test_rerun_reuses_everything_and_adding_a_scale_computes_only_it(reference, tmp_path):
+    config, _, _ = reference
+    out = tmp_path / "extend"
+    shutil.copytree(config.out, out)
+    same = S.run_sweep(dataclasses.replace(config, out=out))
+    assert (same.computed, same.reused) == (0, 3 * len(SCALES))
+    wider = S.run_sweep(dataclasses.replace(config, out=out, scales=(*SCALES, 0.125)))
+    assert (wider.computed, wider.reused) == (3, 3 * len(SCALES))
+    table = read_table(out / "results.csv")
+    assert 3 in set(table["size_px"].dropna())
+
+
+DRIVER = """
+import json, sys, time
+from pathlib import Path
+{preset}
+from lowres.sweep import SweepConfig, run_sweep
+kw = json.loads(sys.argv[1])
+for key in ("out", "model_cache"):
+    kw[key] = Path(kw[key])
+for key in ("models", "scales", "fars", "folds", "seeds"):
+    kw[key] = tuple(kw[key])
+run_sweep(SweepConfig(**kw), on_cell=lambda key: time.sleep(0.4))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_sweep_resumes_to_the_same_table(reference, tmp_path, sig):
+    config, _, cache = reference
+    out = tmp_path / "killed"
+    cfg = _config(out, cache)
+    kw = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER.format(preset=PRESET_SNIPPET), json.dumps(kw)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    cells = out / S.CELLS_DIR
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cells.is_dir() and any(p.name.endswith(".json") for p in cells.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    done = [p for p in cells.iterdir() if p.suffix == ".json"]
+    assert 1 <= len(done) < 3 * len(SCALES)
+    assert not (out / "results.csv").exists()
+
+    resumed = S.run_sweep(cfg)
+    assert resumed.reused == len(done)
+    assert resumed.computed == 3 * len(SCALES) - len(done)
+    assert not list(cells.glob(".*.tmp"))
+    table = read_table(out / "results.csv")
+    assert not table.duplicated(list(KEY_COLUMNS)).any()
+    assert (out / "results.csv").read_bytes() == (config.out / "results.csv").read_bytes()
+
+
+def _cli(args):
+    from click.testing import CliRunner
+
+    from lowres.cli import cli
+
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--models", "SM,NotAMethod"],
+        ["--models", "does/not/exist"],
+        ["--scales", "0"],
+        ["--scales", "2"],
+        ["--models", ""],
+        ["--models", " , "],
+        ["--pairing", "both"],
+        ["--far", "0"],
+    ],
+    ids=["unknown", "missing-ckpt", "scale0", "scale2", "empty", "blank", "other-settings", "far0"],
+)
+def test_bad_input_exits_2_and_keeps_results(reference, tmp_path, extra):
+    config, _, cache = reference
+    out = tmp_path / "keep"
+    shutil.copytree(config.out, out)
+    before = _tree_digest(out)
+    args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", ",".join(MODELS)]
+    args += ["--scales", "1,0.5,0.25", "--far", "1e-2,1e-1", "--epochs", "1"]
+    args += ["--out", str(out), "--model-cache", str(cache), "--no-plot", *extra]
+    result = _cli(args)
+    assert result.exit_code == 2, result.output
+    assert "Error" in result.output
+    assert _tree_digest(out) == before
+
+
+def test_other_settings_refused_then_forced(reference, tmp_path):
+    config, _, _ = reference
+    out = tmp_path / "force"
+    shutil.copytree(config.out, out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ResultsError, match="other settings"):
+        S.run_sweep(dataclasses.replace(config, out=out, pairing="both"))
+    forced = S.run_sweep(dataclasses.replace(config, out=out, pairing="both", force=True))
+    assert forced.computed == 3 * len(SCALES)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_foreign_folder_refused(tmp_path):
+    (tmp_path / "x.txt").write_text("not a sweep")
+    fp = S.settings_fingerprint(
+        data="synth", preset=None, pairing="probe", degrade_hash="h", seeds=[0], folds=[0]
+    )
+    with pytest.raises(ResultsError, match="not empty"):
+        S.prepare_out_dir(tmp_path, fp, force=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure parts
+# --------------------------------------------------------------------------------------------
+
+
+def test_validation_helpers():
+    assert S.validate_scales([0.25, 0.5]) == (1.0, 0.5, 0.25)
+    assert S.parse_float_list("1, 1/4", "x") == (1.0, 0.25)
+    for bad in ([0.0], [2.0], [-0.5], [float("nan")]):
+        with pytest.raises(ConfigError):
+            S.validate_scales(bad)
+    with pytest.raises(ConfigError):
+        S.parse_int_list("0,0", "folds")
+    with pytest.raises(ConfigError):
+        S.resolve_models([])
+    with pytest.raises(ConfigError, match="pixels"):
+        S.resolve_models(["pixels"])
+    with pytest.raises(ConfigError, match="twice"):
+        S.resolve_models(["SM", "SM"])
+
+
+def test_base_of_strips_only_ring_loss():
+    from lowres.methods import parse_method
+
+    assert str(S.base_of(parse_method("SF+R(0.01)"))) == "SF"
+    assert str(S.base_of(parse_method("SM+CL+R(0.01)"))) == "SM+CL"
+    assert S.base_of(parse_method("l2-SM(30)")) is None
+
+
+def _pairs(n_ids: int, per_id: int, sep: float, seed: int):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_ids), per_id)
+    a, b = np.triu_indices(labels.size, 1)
+    ia, ib = labels[a], labels[b]
+    scores = np.round(rng.normal(0, 0.2, a.size) + sep * (ia == ib), 2)  # rounding: ties
+    return scores, ia, ib
+
+
+def _naive_weighted_tar(scores, ia, ib, k, far):
+    same = ia == ib
+    wg, gs = k[ia[same]], scores[same]
+    wi, si = k[ia[~same]] * k[ib[~same]], scores[~same]
+    total = wi.sum()
+    for v in np.unique(si)[::-1]:
+        if wi[si >= v].sum() / total > far:
+            return wg[gs > v].sum() / wg.sum()
+    return 1.0
+
+
+def test_weighted_tar_matches_naive_and_metrics():
+    from lowres.metrics import tar_at_far
+
+    fars = [0.01, 0.05, 0.3]
+    scores, ia, ib = _pairs(15, 4, 0.3, 0)
+    data = S._boot_data(scores, ia, ib, 15, max(fars))
+    rng = np.random.default_rng(1)
+    for _ in range(15):
+        k = rng.multinomial(15, np.full(15, 1 / 15))
+        got = S._weighted_tar(data, k[None, :], fars)[0]
+        want = [_naive_weighted_tar(scores, ia, ib, k, f) for f in fars]
+        np.testing.assert_allclose(got, want)
+    ones = S._weighted_tar(data, np.ones((1, 15), np.int64), fars)[0]
+    np.testing.assert_allclose(ones, [tar_at_far(scores, ia == ib, f).tar for f in fars])
+
+
+def test_bootstrap_interval_contains_point_and_shrinks():
+    fars = [0.01, 0.1]
+
+    def width(n_ids):
+        better, ia, ib = _pairs(n_ids, 4, 0.35, 2)
+        worse, _, _ = _pairs(n_ids, 4, 0.25, 3)
+        out = S.bootstrap_tar([[(better, ia, ib), (worse, ia, ib)]], fars, n_boot=300, seed=7)
+        assert np.all(out["diff_low"] <= out["diff_point"])
+        assert np.all(out["diff_point"] <= out["diff_high"])
+        assert np.all(out["low"] <= out["point"]) and np.all(out["point"] <= out["high"])
+        return out["diff_high"] - out["diff_low"]
+
+    assert np.all(width(80) < width(10))
+
+
+def test_bootstrap_is_seeded_and_pairs_seeds():
+    a, ia, ib = _pairs(12, 3, 0.3, 4)
+    b, _, _ = _pairs(12, 3, 0.3, 5)
+    one = S.bootstrap_tar([[(a, ia, ib), (b, ia, ib)]], [0.1], n_boot=100, seed=3)
+    two = S.bootstrap_tar([[(a, ia, ib), (b, ia, ib)]], [0.1], n_boot=100, seed=3)
+    np.testing.assert_array_equal(one["reps"], two["reps"])
+    seeds = S.bootstrap_tar(
+        [[(a, ia, ib), (b, ia, ib)], [(b, ia, ib), (a, ia, ib)]], [0.1], n_boot=100, seed=3
+    )
+    # Two seeds with the models swapped: the mean difference is exactly zero.
+    np.testing.assert_allclose(seeds["diff_point"], 0.0, atol=1e-12)
+
+
+def test_roc_points_are_exact_tar_at_far():
+    from lowres.metrics import tar_at_far
+
+    scores, ia, ib = _pairs(10, 4, 0.3, 6)
+    pts = S.roc_points(scores, ia == ib, n_points=20)
+    for far, tar in pts[:-1]:
+        assert tar == pytest.approx(tar_at_far(scores, ia == ib, max(far, 1e-12)).tar)
+
+
+def test_pair_scores_match_a_per_pair_loop():
+    rng = np.random.default_rng(8)
+    gallery, probe = rng.normal(size=(30, 5)), rng.normal(size=(30, 5))
+    a, b = np.triu_indices(30, 1)
+    want = [
+        gallery[i] @ probe[j] / np.linalg.norm(gallery[i]) / np.linalg.norm(probe[j])
+        for i, j in zip(a, b, strict=True)
+    ]
+    np.testing.assert_allclose(S.pair_scores(gallery, probe, a, b), want, atol=1e-12)
+    # Sparse pair lists take the gathering path; same numbers.
+    np.testing.assert_allclose(S.pair_scores(gallery, probe, a[:50], b[:50]), want[:50], atol=1e-12)
