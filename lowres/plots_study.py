@@ -1,0 +1,227 @@
+"""Study figures beyond the sweep's (:mod:`lowres.plots`), drawn from the study's tidy tables and
+written atomically as PNG and PDF.
+
+1. ``features2d``: the paper's Figure 1: one panel per model, 2-d test features coloured by
+   class, the learned Ring radius R drawn as a dashed circle on ``+R`` models, test accuracy in
+   the panel title. Axes are equal (a circle looks like a circle), each panel its own limits.
+2. ``norm_angle``: (a) feature norm (relative to the model's mean clean norm) vs probe face
+   width, median and quartile band; (b) mean angle to the identity's other clean images vs face
+   width; (c) angle vs relative norm of every probe (all widths), with a binned median per model:
+   the paper's argument is that low-norm features swing through wider angles.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lowres.errors import ResultsError
+from lowres.plots import X_LABEL, _log2_size_axis, _save, model_styles
+
+__all__ = ["figure_features2d", "figure_norm_angle"]
+
+
+def figure_features2d(
+    features: pd.DataFrame,
+    results: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    title: str = "",
+    max_points: int = 1000,
+    seed: int = 0,
+) -> list[Path]:
+    """Scatter of 2-d features, one panel per model (first fold and seed of each).
+
+    Args:
+        features: columns model, fold, seed, image, label, f0, f1.
+        results: columns model, method, fold, seed, test_accuracy, R, norm_cv, n_test.
+        out_dir: figure folder.
+        title: figure title.
+        max_points: points drawn per panel (a fixed random subset when there are more).
+        seed: seed of that subset.
+
+    Returns:
+        The PNG and PDF paths.
+    """
+    import seaborn as sns
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Circle
+
+    if features.empty or results.empty:
+        raise ResultsError("no features to plot; the study evaluated no model")
+    models = list(dict.fromkeys(results["model"]))
+    ncols = min(4, len(models))
+    nrows = -(-len(models) // ncols)
+    fig = Figure(figsize=(3.6 * ncols + 1.2, 3.7 * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    classes = sorted(features["label"].unique())
+    palette = sns.color_palette("tab10", max(10, len(classes)))
+    rng = np.random.default_rng(seed)
+    for k, model in enumerate(models):
+        ax = axes[k // ncols][k % ncols]
+        res = results[results["model"] == model].iloc[0]
+        sub = features[
+            (features["model"] == model)
+            & (features["fold"] == res["fold"])
+            & (features["seed"] == res["seed"])
+        ]
+        if len(sub) > max_points:
+            sub = sub.iloc[np.sort(rng.choice(len(sub), max_points, replace=False))]
+        colours = [palette[classes.index(c)] for c in sub["label"]]
+        ax.scatter(sub["f0"], sub["f1"], s=4, c=colours, alpha=0.6, linewidths=0, rasterized=True)
+        radius = res.get("R", np.nan)
+        if pd.notna(radius):
+            ax.add_patch(Circle((0, 0), float(radius), fill=False, color="black", lw=1.2, ls="--"))
+        ax.axhline(0, color="0.8", lw=0.6, zorder=0)
+        ax.axvline(0, color="0.8", lw=0.6, zorder=0)
+        extent = float(np.nanmax(np.abs(sub[["f0", "f1"]].to_numpy()))) * 1.08
+        if pd.notna(radius):
+            extent = max(extent, float(radius) * 1.15)
+        ax.set_xlim(-extent, extent)
+        ax.set_ylim(-extent, extent)
+        ax.set_aspect("equal")
+        r_text = f", R = {float(radius):.2f}" if pd.notna(radius) else ""
+        acc = res["test_accuracy"]
+        acc_text = f"test acc {100 * acc:.2f}%" if pd.notna(acc) else "unseen test classes"
+        ax.set_title(f"{model}\n{acc_text}{r_text}, norm CV {res['norm_cv']:.2f}", fontsize=9)
+        ax.set_xlabel("feature 1")
+        ax.set_ylabel("feature 2")
+        ax.tick_params(labelsize=7)
+    for k in range(len(models), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    handles = [
+        Line2D([], [], marker="o", ls="", color=palette[i], markersize=5)
+        for i in range(len(classes))
+    ]
+    labels = [str(c) for c in classes]
+    handles.append(Line2D([], [], color="black", ls="--"))
+    labels.append("learned R")
+    fig.legend(handles, labels, title="class", loc="outside right upper", frameon=False)
+    n_test = int(results["n_test"].iloc[0])
+    fig.suptitle(
+        f"{title}: 2-d test features ({n_test} test images, "
+        f"{min(max_points, n_test)} drawn per panel)",
+        fontsize=10,
+    )
+    return _save(fig, Path(out_dir), "features2d")
+
+
+def figure_norm_angle(
+    norms_csv: str | os.PathLike,
+    angles: pd.DataFrame,
+    per_scale: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    title: str = "",
+) -> list[Path]:
+    """Norm and angular spread vs resolution, and angle vs norm (see module docstring).
+
+    Args:
+        norms_csv: the sweep's ``norms.csv`` (per-image norms per scale; panel a).
+        angles: per-image table of :func:`lowres.study.norm_angle_tables`.
+        per_scale: its per model x scale summary.
+        out_dir: figure folder.
+        title: figure title.
+    """
+    import seaborn as sns
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    norms = pd.read_csv(norms_csv)
+    norms = norms[norms["model"] != "pixels"]
+    if norms.empty or angles.empty:
+        raise ResultsError("no feature norms to plot; the sweep has no trained model")
+    styles = model_styles(angles[["model", "method"]])
+    models = sorted(styles, key=lambda m: styles[m]["order"])
+    sizes = sorted(angles["size_px"].unique())
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        fig = Figure(figsize=(15.5, 4.2), layout="constrained")
+        ax_norm, ax_angle, ax_scatter = fig.subplots(1, 3)
+        for m in models:
+            st = styles[m]
+            g = norms[norms["model"] == m].groupby("size_px")["norm_rel"]
+            med, q1, q3 = g.median(), g.quantile(0.25), g.quantile(0.75)
+            ax_norm.plot(
+                med.index,
+                med.values,
+                color=st["color"],
+                ls=st["linestyle"],
+                marker=st["marker"],
+                lw=2,
+                zorder=st["zorder"],
+            )
+            ax_norm.fill_between(med.index, q1.values, q3.values, color=st["color"], alpha=0.15)
+            p = per_scale[per_scale["model"] == m].sort_values("size_px")
+            ax_angle.plot(
+                p["size_px"],
+                p["angle_mean"],
+                color=st["color"],
+                ls=st["linestyle"],
+                marker=st["marker"],
+                lw=2,
+                zorder=st["zorder"],
+            )
+            ax_angle.fill_between(
+                p["size_px"], p["angle_q25"], p["angle_q75"], color=st["color"], alpha=0.15
+            )
+            a = angles[(angles["model"] == m)].dropna(subset=["angle_deg"])
+            ax_scatter.scatter(
+                a["norm_rel"],
+                a["angle_deg"],
+                s=3,
+                alpha=0.25,
+                color=st["color"],
+                linewidths=0,
+                rasterized=True,
+            )
+            if len(a) >= 20:
+                edges = np.quantile(a["norm_rel"], np.linspace(0, 1, 11))
+                bins = np.clip(np.searchsorted(edges, a["norm_rel"], side="right") - 1, 0, 9)
+                centre = a.groupby(bins)["norm_rel"].median()
+                angle = a.groupby(bins)["angle_deg"].median()
+                ax_scatter.plot(
+                    centre.values,
+                    angle.values,
+                    color=st["color"],
+                    ls=st["linestyle"],
+                    lw=2.2,
+                    zorder=st["zorder"],
+                )
+        ax_norm.axhline(1.0, color="0.3", lw=0.8, ls=":")
+        for ax in (ax_norm, ax_angle):
+            _log2_size_axis(ax, sizes)
+        ax_norm.set_xlabel(X_LABEL)
+        ax_norm.set_ylabel("feature norm / mean clean norm")
+        ax_norm.set_title("(a) feature norm vs resolution\n(median, quartile band)", fontsize=10)
+        ax_angle.set_ylabel("angle to identity direction (degrees)")
+        ax_angle.set_title(
+            "(b) angle to the identity's other clean images\n(mean, quartile band)", fontsize=10
+        )
+        ax_scatter.set_xlabel("feature norm / mean clean norm (all probe widths)")
+        ax_scatter.set_ylabel("angle to identity direction (degrees)")
+        ax_scatter.set_title(
+            "(c) angle vs norm, every probe\n(line: median per norm decile)", fontsize=10
+        )
+        handles = [
+            Line2D(
+                [],
+                [],
+                color=styles[m]["color"],
+                ls=styles[m]["linestyle"],
+                marker=styles[m]["marker"],
+                lw=2,
+            )
+            for m in models
+        ]
+        fig.legend(handles, models, title="model", loc="outside right upper", frameon=False)
+        dataset = ", ".join(sorted(set(norms["dataset"].astype(str))))
+        fig.suptitle(
+            f"{title}: feature norm and angular spread vs probe resolution "
+            f"(dataset {dataset}, clean gallery)",
+            fontsize=11,
+        )
+        return _save(fig, Path(out_dir), "norm_angle")
