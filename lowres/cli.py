@@ -239,10 +239,12 @@ def _bad(ctx, name: str, exc: Exception):
 @click.option("--save-baseline", type=click.Path(dir_okay=False), default=None,
               help="Also write a `lowres check` baseline CSV here.")
 @click.option("--no-plot", is_flag=True, help="Skip the figures.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Models trained in parallel (default: 2 on a multi-core CPU, 1 on a GPU).")
 @click.pass_context
 def sweep_cmd(ctx, models, scales, sizes, data, preset, degrade_text, pairing, fars, folds,
               seeds, device, batch_size, out, force, epochs, backbone, model_cache, critical,
-              save_baseline, no_plot) -> None:
+              save_baseline, no_plot, jobs) -> None:
     """Evaluate models x probe resolutions into OUT/results.csv, figures and provenance."""
     from pathlib import Path
 
@@ -298,6 +300,7 @@ def sweep_cmd(ctx, models, scales, sizes, data, preset, degrade_text, pairing, f
         critical_far=crit_far,
         plot=not no_plot,
         save_baseline=Path(save_baseline) if save_baseline else None,
+        jobs=jobs,
     )
     try:
         result = S.run_sweep(config)

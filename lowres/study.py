@@ -690,28 +690,11 @@ def _features_summary(results) -> str:
 
 
 def _run_sweep_study(study: Study, out_dir: Path, workers: int, force: bool) -> StudyResult:
-    from lowres.sweep import format_summary, resolve_models, run_sweep
+    from lowres.sweep import format_summary, run_sweep
 
-    config = dataclasses.replace(study.sweep_config(out=out_dir), force=force)
+    # run_sweep pre-trains the missing models, `workers` processes at a time.
+    config = dataclasses.replace(study.sweep_config(out=out_dir), force=force, jobs=workers)
     timings: dict[str, float] = {}
-    if workers > 1:
-        # Pre-train every model in parallel; run_sweep then finds them all in the cache.
-        t0 = time.perf_counter()
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        entries = resolve_models(config.models)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(_pretrain_one, e, config, f, s)
-                for f in config.folds
-                for s in config.seeds
-                for e in entries
-            ]
-            for fut in futures:
-                fut.result()
-        timings["pretrain"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     sweep = run_sweep(config)
     timings["sweep"] = time.perf_counter() - t0
@@ -742,15 +725,6 @@ def _run_sweep_study(study: Study, out_dir: Path, workers: int, force: bool) -> 
     return StudyResult(
         out=out_dir, tables=tables, figures=figures, timings=timings, summary=summary
     )
-
-
-def _pretrain_one(entry, config, fold: int, seed: int) -> str:
-    import torch
-
-    from lowres.sweep import trained_checkpoint
-
-    torch.set_num_threads(1)
-    return str(trained_checkpoint(entry, config, fold, seed))
 
 
 # --------------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ from lowres.results import (
 
 log = logging.getLogger("lowres.sweep")
 
-DEFAULT_DATA = "synth"
+DEFAULT_DATA = "orl"
 """Dataset of ``lowres sweep`` with no ``--data``."""
 DEFAULT_MODELS: tuple[str, ...] = ("SM", "SF", "l2-SM(30)", "SM+CL", "SM+R(0.01)", "SF+R(0.01)")
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625)
@@ -133,6 +133,10 @@ class SweepConfig:
         n_boot, boot_seed: Ring-margin bootstrap replicates and seed.
         plot: draw the figures at the end.
         save_baseline: also write a ``lowres check`` baseline to this file.
+        jobs: models trained in parallel processes with one torch thread each (None: 2 on a
+            CPU with at least 2 cores, else 1). Two 1-thread jobs finish about twice as fast
+            as one 2-thread job on the 2-core machines (FINDINGS.md); on a GPU one process
+            owns the device. Does not change any number, only the wall time.
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -158,6 +162,7 @@ class SweepConfig:
     boot_seed: int = 1000
     plot: bool = True
     save_baseline: Path | None = None
+    jobs: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form for provenance."""
@@ -889,6 +894,8 @@ def trained_checkpoint(entry: ModelEntry, config: SweepConfig, fold: int, seed: 
     Training runs in ``<hash>.partial`` (resumed there after an interruption) and the folder is
     renamed to ``<hash>`` only when training finished, so a cache hit is always complete.
     """
+    import torch
+
     from lowres.train import train
 
     tc = _train_config(entry, config, fold, seed)
@@ -901,7 +908,15 @@ def trained_checkpoint(entry: ModelEntry, config: SweepConfig, fold: int, seed: 
     partial = cache / f"{tc.hash()}.partial"
     partial.mkdir(parents=True, exist_ok=True)
     log.info("training %s (fold %d, seed %d) -> %s", entry.name, fold, seed, final)
-    ckpt = Path(train(tc, partial, resume=True, progress=True))
+    threads = torch.get_num_threads()
+    if _device_name(config.device) == "cpu":
+        # One thread, whether trained here or in a parallel worker: float reductions then run
+        # in one order, so a model's weights depend on its config alone, never on --jobs.
+        tc = dataclasses.replace(tc, num_threads=1)
+    try:
+        ckpt = Path(train(tc, partial, resume=True, progress=True))
+    finally:
+        torch.set_num_threads(threads)
     rel = ckpt.resolve().relative_to(partial.resolve())
     atomic_write_json(
         partial / "lowres-cache.json",
@@ -911,6 +926,64 @@ def trained_checkpoint(entry: ModelEntry, config: SweepConfig, fold: int, seed: 
         shutil.rmtree(final)
     os.replace(partial, final)
     return final / rel
+
+
+def _is_cached(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> bool:
+    cache = Path(config.model_cache) if config.model_cache else default_model_cache()
+    return (cache / _train_config(entry, config, fold, seed).hash() / "lowres-cache.json").is_file()
+
+
+def _pretrain_one(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> str:
+    return str(trained_checkpoint(entry, config, fold, seed))
+
+
+def training_workers(config: SweepConfig) -> int:
+    """Parallel training processes for ``config`` (see ``SweepConfig.jobs``)."""
+    if config.jobs is not None:
+        if int(config.jobs) < 1:
+            raise ConfigError(f"jobs must be >= 1, got {config.jobs}")
+        return int(config.jobs)
+    if str(config.device).startswith("cuda"):
+        return 1
+    if config.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return 1
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def pretrain_models(
+    entries: Sequence[ModelEntry],
+    config: SweepConfig,
+    folds: Sequence[int],
+    seeds: Sequence[int],
+    workers: int,
+) -> int:
+    """Train every missing on-demand model, ``workers`` at a time; returns how many trained.
+
+    Each model is trained exactly as :func:`trained_checkpoint` trains it in-process (seeded
+    per batch, one thread on CPU), so the weights are bit-identical; only the wall time changes.
+    """
+    todo = [
+        (e, f, s)
+        for f in folds
+        for s in seeds
+        for e in entries
+        if e.kind == "method" and not _is_cached(e, config, f, s)
+    ]
+    if workers <= 1 or len(todo) <= 1:
+        return 0
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    log.info("training %d models, %d in parallel", len(todo), workers)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        futures = [pool.submit(_pretrain_one, e, config, f, s) for e, f, s in todo]
+        for fut in futures:
+            fut.result()
+    return len(todo)
 
 
 def prepare_models(
@@ -1083,6 +1156,10 @@ def run_sweep(
         "seed": list(seeds),
     }
     atomic_write_json(out / "provenance.json", provenance)
+
+    t0 = time.perf_counter()
+    pretrain_models(entries, config, folds, seeds, training_workers(config))
+    timings["train"] += time.perf_counter() - t0
 
     cells: dict[tuple[str, int, int, float], dict[str, Any]] = {}
     model_info: dict[str, ModelEntry] = {}

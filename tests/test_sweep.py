@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lowres import sweep as S
 from lowres.errors import ConfigError, ResultsError
@@ -54,6 +55,8 @@ def _config(out: Path, cache: Path, **changes) -> S.SweepConfig:
         model_cache=cache,
         n_boot=200,
         plot=False,
+        # Spawned training workers would not see the test-only preset registered above.
+        jobs=1,
     )
     return dataclasses.replace(base, **changes)
 
@@ -352,3 +355,24 @@ def test_pair_scores_match_a_per_pair_loop():
     np.testing.assert_allclose(S.pair_scores(gallery, probe, a, b), want, atol=1e-12)
     # Sparse pair lists take the gathering path; same numbers.
     np.testing.assert_allclose(S.pair_scores(gallery, probe, a[:50], b[:50]), want[:50], atol=1e-12)
+
+
+def test_parallel_pretraining_equals_in_process_training(tmp_path):
+    """Training in spawned 1-thread workers gives the same weights as training in-process."""
+    from safetensors.torch import load_file
+
+    models = ("SM", "SM+R(0.01)")
+    base = S.SweepConfig(models=models, data="orl", epochs=1, device="cpu")
+    entries = S.resolve_models(models)
+    parallel = dataclasses.replace(base, model_cache=tmp_path / "parallel")
+    assert S.pretrain_models(entries, parallel, [0], [0], workers=2) == 2
+    serial = dataclasses.replace(base, model_cache=tmp_path / "serial")
+    for entry in entries:
+        a = S.trained_checkpoint(entry, parallel, 0, 0)
+        b = S.trained_checkpoint(entry, serial, 0, 0)
+        wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+        assert wa.keys() == wb.keys()
+        for key in wa:
+            assert torch.equal(wa[key], wb[key]), (entry.name, key)
+    # Everything is cached now: nothing left to train.
+    assert S.pretrain_models(entries, parallel, [0], [0], workers=2) == 0
