@@ -9,9 +9,20 @@ Flow of one step::
 
 Determinism: all randomness is counter-based. The model is initialised after
 ``torch.manual_seed(seed)``; the shuffling permutation of epoch ``e`` comes from a
-``torch.Generator`` seeded with ``mix(seed, e)`` and the augmentation of batch ``b`` from
-``mix(seed, e, b)``. The same seed therefore gives bit-identical weights on CPU, and a run can
-stop after any step and resume to exactly the weights of an uninterrupted run.
+``torch.Generator`` seeded with ``mix(seed, e)`` and the augmentation of image ``i`` of batch
+``b`` from ``mix(mix(seed, e, b), i)``. The same seed therefore gives bit-identical weights on
+CPU, and a run can stop after any step and resume to exactly the weights of an uninterrupted
+run.
+
+Data parallel (``torchrun --nproc_per_node=N -m lowres train ...``, see
+:mod:`lowres.distributed`): ``batch_size`` stays the global batch of one step. Every process
+draws the same order and takes its contiguous 1/N of each global batch; augmentation and
+random-resolution draws are keyed by the image's position in the global batch, BatchNorm uses
+global-batch statistics, DDP averages the gradients of the model and the loss parameters
+(head weights, R) together, and centers move by all-reduced sums. N processes therefore train
+the single-process model up to float reduction order (measured max |diff| in
+``tests/test_ddp.py``). Only rank 0 writes checkpoints, the log and progress; the saved state
+is the same on every rank, so a run can resume with another number of processes.
 
 Checkpoints (see :mod:`lowres.checkpoint`) are written at the end of every epoch, and when
 ``max_steps`` stops a run mid-epoch, into ``out_dir``: ``model.safetensors``, ``model.json``,
@@ -28,6 +39,7 @@ import json
 import logging
 import math
 import os
+import random
 import sys
 import time
 from collections import Counter
@@ -39,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lowres import distributed as ddp
 from lowres.checkpoint import (
     SIDECAR_FILE,
     STATE_FILE,
@@ -72,6 +85,8 @@ STATE_VERSION = 1
 # Fields that say how a run executes, not what it trains: they are left out of the config hash
 # so a model trained on a GPU or with more threads is found in the sweep's cache.
 _EXECUTION_FIELDS = ("device", "num_threads", "amp")
+TRAIN_FORMAT = 2
+"""Version of the training recipe in :meth:`TrainConfig.hash` (2: per-image augmentation seeds)."""
 
 # Default random-resolution range: a face side from 1/16 of the image up to full size, drawn
 # log-uniformly (every octave equally often), applied to half the images so the network still
@@ -201,6 +216,9 @@ class TrainConfig:
         """Stable 16-hex digest of the canonical JSON of everything but the execution fields
         (device, num_threads, amp), for caching trained models."""
         values = {k: v for k, v in self.to_dict().items() if k not in _EXECUTION_FIELDS}
+        # The training code's version: bump it whenever the same config would train different
+        # weights (e.g. a changed augmentation stream), so stale cached models are not reused.
+        values["_format"] = TRAIN_FORMAT
         text = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -298,7 +316,7 @@ def build_augmentation() -> Any:
     albumentations works per image on numpy. Measured here (2 cores, one thread): 5,200 img/s
     on 112x92 grey, 4,200 img/s on 112x96 RGB, 6,500 img/s on 56x46, about 10x the ~600 img/s
     the CPU network trains at, so it costs ~10% of a step and the per-image library is kept
-    (no batched torch re-implementation). Reseeding per batch costs 0.07 ms.
+    (no batched torch re-implementation). Seeding each image costs 0.08 ms.
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
@@ -322,21 +340,28 @@ def build_augmentation() -> Any:
     )
 
 
-def augment_batch(images: Tensor, pipeline: Any, seed: int) -> Tensor:
-    """Augment a uint8 batch image by image with a freshly seeded pipeline.
+def augment_batch(images: Tensor, pipeline: Any, seed: int, *, index_offset: int = 0) -> Tensor:
+    """Augment a uint8 batch image by image, each with its own seeded random state.
+
+    Image ``i`` draws from generators seeded with ``mix_seed(seed, index_offset + i)``, so a
+    slice of a batch (a data-parallel shard) is augmented exactly as inside the whole batch.
 
     Args:
         images: uint8 (B, C, H, W) on CPU.
         pipeline: from :func:`build_augmentation`.
         seed: the batch's seed (same seed, same output).
+        index_offset: position of ``images[0]`` in the whole batch.
 
     Returns:
         uint8 (B, C, H, W).
     """
-    pipeline.set_random_seed(seed % (2**32))
     array = images.permute(0, 2, 3, 1).numpy()
     out = np.empty_like(array)
     for i in range(array.shape[0]):
+        image_seed = mix_seed(seed, index_offset + i)
+        pipeline.set_random_state(
+            np.random.Generator(np.random.PCG64(image_seed)), random.Random(image_seed)
+        )
         result = pipeline(image=np.ascontiguousarray(array[i]))["image"]
         out[i] = result.reshape(array.shape[1:])
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
@@ -349,10 +374,17 @@ def random_resolution(
     p: float,
     spec: Any,
     generator: torch.Generator,
+    *,
+    batch_size: int | None = None,
+    index_offset: int = 0,
 ) -> Tensor:
     """Degrade a random subset of images, each at its own log-uniform scale.
 
-    Images sharing a target face width are degraded together (one ``degrade`` call per width),
+    The draws (which images, which scale, the noise seed) are made for the whole batch of
+    ``batch_size`` images, of which ``images`` are positions ``index_offset ...``, and an
+    image's noise depends only on its position: a data-parallel shard is degraded exactly as
+    inside the whole batch. Images sharing a target face width are degraded together (one
+    ``degrade`` call per width; per run of consecutive positions when the chain adds noise),
     which equals per-image calls because the degradation of one image never depends on another.
 
     Args:
@@ -360,24 +392,53 @@ def random_resolution(
         low, high: scale range (fractions of the side), 0 < low <= high <= 1.
         p: probability that an image is degraded.
         spec: lowres.degrade DegradeSpec.
-        generator: CPU generator for the draws and the degradation noise.
+        generator: CPU generator for the draws and the degradation noise seed.
+        batch_size: images in the whole batch; None -> B.
+        index_offset: position of ``images[0]`` in the whole batch.
 
     Returns:
         float (B, C, H, W) in [0, 1].
+
+    Raises:
+        ConfigError: ``images`` do not fit inside the batch at ``index_offset``.
     """
     from lowres.degrade import degrade
 
     batch, width = images.shape[0], images.shape[-1]
-    chosen = torch.rand(batch, generator=generator) < p
-    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    total = batch if batch_size is None else int(batch_size)
+    if index_offset < 0 or index_offset + batch > total:
+        raise ConfigError(
+            f"a slice of {batch} images at position {index_offset} does not fit in a batch of "
+            f"{total}; pass the whole batch's size and the slice's start"
+        )
+    chosen = torch.rand(total, generator=generator) < p
+    u = torch.rand(total, generator=generator, dtype=torch.float64)
+    noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    window = slice(index_offset, index_offset + batch)
+    chosen, u = chosen[window], u[window]
     scales = torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
     widths = torch.clamp(torch.round(scales * width), min=1).to(torch.int64)
     out = images.clone()
     for size in torch.unique(widths[chosen]).tolist():
-        index = torch.nonzero(chosen & (widths == size)).flatten().to(images.device)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        out[index] = degrade(images[index], None, spec, seed=seed, size_px=int(size))
+        members = torch.nonzero(chosen & (widths == size)).flatten()
+        groups = _consecutive_runs(members) if spec.noise_std > 0 else [members]
+        for index in groups:
+            start = index_offset + int(index[0])
+            index = index.to(images.device)
+            out[index] = degrade(
+                images[index], None, spec, seed=noise_seed, size_px=int(size), index_offset=start
+            )
     return out
+
+
+def _consecutive_runs(index: Tensor) -> list[Tensor]:
+    """Split a sorted int64 (K,) index into runs of consecutive values.
+
+    >>> [r.tolist() for r in _consecutive_runs(torch.tensor([0, 1, 3, 4, 5, 8]))]
+    [[0, 1], [3, 4, 5], [8]]
+    """
+    breaks = (torch.nonzero(index.diff() != 1).flatten() + 1).tolist()
+    return list(torch.tensor_split(index, breaks))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,16 +516,24 @@ class _EpochStats:
         self.seconds = float(values.get("seconds", 0.0))
         self.steps = int(values.get("steps", 0))
 
-    def add(self, loss: float, parts: dict, correct: int, norms: Tensor) -> None:
-        batch = norms.numel()
-        self.loss += loss * batch
-        for key, value in parts.items():
-            self.parts[key] = self.parts.get(key, 0.0) + value * batch
+    def add(
+        self,
+        loss_sum: float,
+        part_sums: dict[str, float],
+        correct: int,
+        count: int,
+        norm_sum: float,
+        norm_sq: float,
+    ) -> None:
+        """Add one step's sums over its (global) batch: loss and parts times images, correct
+        predictions, images, and the sum and sum of squares of feature norms."""
+        self.loss += loss_sum
+        for key, value in part_sums.items():
+            self.parts[key] = self.parts.get(key, 0.0) + value
         self.correct += correct
-        self.count += batch
-        norms64 = norms.detach().double()
-        self.norm_sum += float(norms64.sum())
-        self.norm_sq += float((norms64 * norms64).sum())
+        self.count += count
+        self.norm_sum += norm_sum
+        self.norm_sq += norm_sq
         self.steps += 1
 
     def to_dict(self) -> dict:
@@ -503,10 +572,92 @@ class _EpochStats:
 # building blocks
 
 
-def _pick_device(name: str) -> torch.device:
+def _pick_device(name: str, world: ddp.World) -> torch.device:
+    """The configured device; under torchrun on CUDA, ``cuda:LOCAL_RANK`` (one GPU each)."""
     from lowres.embed import pick_device
 
-    return pick_device(name)
+    device = pick_device(name)
+    if not world.distributed or device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise ConfigError(
+            f"device {name!r} names one GPU, but under torchrun each process uses "
+            "cuda:LOCAL_RANK; pass --device cuda (or auto)"
+        )
+    if world.local_rank >= torch.cuda.device_count():
+        raise ConfigError(
+            f"LOCAL_RANK {world.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+            "start at most one process per GPU"
+        )
+    device = torch.device("cuda", world.local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def _join_group(world: ddp.World, device: torch.device) -> bool:
+    """Initialise the process group for a torchrun launch (NCCL on CUDA, gloo on CPU).
+
+    Returns:
+        True when this call created the group (and train() must destroy it).
+    """
+    import torch.distributed as dist
+
+    if not world.distributed or dist.is_initialized():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    available = dist.is_available() and (
+        dist.is_nccl_available() if backend == "nccl" else dist.is_gloo_available()
+    )
+    if not available:
+        raise ConfigError(
+            f"torchrun started {world.size} processes but this torch has no {backend} backend; "
+            "install a torch build with torch.distributed or train in one process"
+        )
+    if backend == "nccl":
+        dist.init_process_group(backend, device_id=device)
+    else:
+        dist.init_process_group(backend)
+    return True
+
+
+class _Step(nn.Module):
+    """Model and loss as one module, so DistributedDataParallel averages the gradients of the
+    backbone and of every loss parameter (head weights, R) in one set of buckets."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, amp: bool, device_type: str) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.amp, self.device_type = amp, device_type
+
+    def forward(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Any]:
+        """(features (B, D), LossOutput) of a normalised batch (B, C, H, W)."""
+        with torch.autocast(device_type=self.device_type, dtype=torch.float16, enabled=self.amp):
+            features = self.model(x)
+        return features, self.loss(features.float(), labels)
+
+
+@torch.no_grad()
+def _step_sums(features: Tensor, result: Any, labels: Tensor) -> tuple[float, dict, list]:
+    """One step's logging sums over the global batch (all-reduced under DDP), in float64.
+
+    Returns:
+        (global mean loss, parts sums by name, [loss sum, correct, images, norm sum, norm sq]).
+    """
+    batch = labels.numel()
+    keys = sorted(result.parts)
+    norms = torch.linalg.vector_norm(features.detach().float(), dim=1).double()
+    values = [result.loss.detach().double() * batch]
+    values += [result.parts[k].double() * batch for k in keys]
+    values += [
+        (result.logits.argmax(dim=1) == labels).sum().double(),
+        norms.new_tensor(float(batch)),
+        norms.sum(),
+        (norms * norms).sum(),
+    ]
+    sums = ddp.all_reduce_sum(torch.stack(values)).cpu().tolist()
+    parts = dict(zip(keys, sums[1 : 1 + len(keys)], strict=True))
+    loss_sum, correct, count, norm_sum, norm_sq = sums[0], *sums[1 + len(keys) :]
+    return loss_sum / count, parts, [loss_sum, int(correct), int(count), norm_sum, norm_sq]
 
 
 def _model_kwargs(config: TrainConfig) -> dict:
@@ -678,13 +829,17 @@ def train(
 ) -> Path:
     """Train ``config`` and write its checkpoint into ``out_dir``.
 
+    Under torchrun (``WORLD_SIZE`` > 1 in the environment) every process calls this; it joins
+    the process group (NCCL on CUDA, gloo on CPU), trains its shard of each global batch with
+    DistributedDataParallel, and leaves the group at the end. Only rank 0 writes ``out_dir``.
+
     Args:
-        config: what to train.
+        config: what to train (``batch_size`` is the global batch over all processes).
         out_dir: checkpoint folder (only this folder is written).
-        resume: continue from ``out_dir/state.pt`` if present (exactly where it stopped);
-            a finished run is returned as is. Without it, an ``out_dir`` that already holds a
-            checkpoint is refused.
-        progress: progress bar + one line per epoch on stderr.
+        resume: continue from ``out_dir/state.pt`` if present (exactly where it stopped, with
+            any number of processes); a finished run is returned as is. Without it, an
+            ``out_dir`` that already holds a checkpoint is refused.
+        progress: progress bar + one line per epoch on stderr (rank 0 only).
         max_steps: stop after this many optimizer steps in total (counting steps before a
             resume), writing a resumable checkpoint; None trains all epochs.
 
@@ -693,17 +848,17 @@ def train(
         ``log.csv``).
 
     Raises:
-        ConfigError: unknown method/model/dataset, or a resume with other settings.
+        ConfigError: unknown method/model/dataset, a resume with other settings, or a global
+            batch that does not split evenly over the processes.
         CheckpointError: the checkpoint to resume is inconsistent or unsafe.
         TrainingError: the loss became NaN/inf (the last good checkpoint is kept).
     """
-    from lowres.embed import adapt
-
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
     if max_steps is not None:
         _check_int("max_steps", max_steps, 1)
     _check_names(config)
+    world = ddp.from_env()
     out = Path(out_dir)
     state_path, side_path = out / STATE_FILE, out / SIDECAR_FILE
 
@@ -728,29 +883,72 @@ def train(
                 "delete the folder and re-train"
             )
         if state.get("finished"):
-            log.info("%s is already trained; nothing to do", out)
+            if world.main:
+                log.info("%s is already trained; nothing to do", out)
             return out
 
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
-    device = _pick_device(config.device)
+    # Checked before joining the group: a rank that fails alone would leave the others waiting.
+    ddp.shard_bounds(config.batch_size, world)
+    device = _pick_device(config.device, world)
+    created_group = _join_group(world, device)
+    try:
+        return _train(config, out, state, world, device, progress=progress, max_steps=max_steps)
+    finally:
+        if created_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(
+    config: TrainConfig,
+    out: Path,
+    state: dict | None,
+    world: ddp.World,
+    device: torch.device,
+    *,
+    progress: bool,
+    max_steps: int | None,
+) -> Path:
+    """The loop of :func:`train`, after the checks and inside the process group."""
+    from lowres.embed import adapt
+
     cuda = device.type == "cuda"
     use_amp = cuda and config.amp
 
     train_set, test_set = _load_split(config)
     num_classes = int(train_set.num_identities)
+    n = train_set.images.shape[0]
+    bs = min(config.batch_size, n)
+    shard_start, shard_stop = ddp.shard_bounds(bs, world)
     torch.manual_seed(config.seed)
     model, loss_fn, spec, model_kwargs = _build(config, num_classes)
     adapter = _adapter_for(model)
     if state is not None:
         # Verifies sha256, keys and shapes, then loads into these very modules.
         load_checkpoint(out, build=lambda _side: (model, loss_fn, spec))
+    if world.distributed:
+        # Per-process statistics would normalise each shard on its own: another model than the
+        # single-process one. Global statistics keep N processes equal to one.
+        model = ddp.convert_batchnorm(model, device)
     model.train()
     loss_fn.train()
     model.to(device)
     loss_fn.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
+    step_module = _Step(model, loss_fn, use_amp, device.type)
+    runner: nn.Module = step_module
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers (BatchNorm running stats, centers, R's flag) are equal on every rank by
+        # construction, so DDP need not broadcast them each step.
+        runner = DistributedDataParallel(
+            step_module, device_ids=[device.index] if cuda else None, forward_sync_buffers=False
+        )
 
     optimizer = torch.optim.SGD(
         _param_groups(model, loss_fn, config),
@@ -758,8 +956,6 @@ def train(
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    n = train_set.images.shape[0]
-    bs = min(config.batch_size, n)
     steps_per_epoch = n // bs
     epochs = config.epochs if config.epochs is not None else auto_epochs(n)
     milestones = resolve_milestones(config.milestones, epochs, steps_per_epoch)
@@ -790,11 +986,12 @@ def train(
         rows = list(state["rows"])
         epoch_stats = _EpochStats(state["epoch_stats"])
         wall = float(state.get("wall_seconds", 0.0))
+        # Every rank seeded and drew alike, so rank 0's RNG state is every rank's.
         torch.set_rng_state(state["rng"]["torch"])
         if cuda and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
 
-    bar = _Progress(progress, epochs, steps_per_epoch)
+    bar = _Progress(progress and world.main, epochs, steps_per_epoch)
     base_sidecar = {
         "method": str(spec),
         "model": config.model,
@@ -826,33 +1023,44 @@ def train(
         "versions": library_versions(),
     }
 
-    def save(finished: bool, metrics: dict) -> None:
-        sidecar = dict(base_sidecar)
-        sidecar.update(
-            epochs_completed=epoch,
-            iteration=iteration,
-            complete=finished,
-            device=str(device),
-            metrics=metrics,
-        )
-        train_state = {
-            "version": STATE_VERSION,
-            "config": config.to_dict(),
-            "config_hash": config.hash(),
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "iteration": iteration,
-            "finished": finished,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": _scheduler_state(scheduler),
-            "scaler": scaler.state_dict() if use_amp else {},
-            "rng": _rng_state(device),
-            "rows": rows,
-            "epoch_stats": epoch_stats.to_dict(),
-            "wall_seconds": wall,
-        }
-        write_checkpoint(out, model, loss_fn, sidecar, train_state)
-        _write_log(out / LOG_FILE, rows)
+    def save(finished: bool) -> None:
+        if world.main:
+            metrics = _metrics(
+                rows, wall, model, loss_fn, train_set, test_set, adapter, device, finished
+            )
+            sidecar = dict(base_sidecar)
+            sidecar.update(
+                epochs_completed=epoch,
+                iteration=iteration,
+                complete=finished,
+                device=str(device),
+                world_size=world.size,
+                metrics=metrics,
+            )
+            train_state = {
+                "version": STATE_VERSION,
+                "config": config.to_dict(),
+                "config_hash": config.hash(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "iteration": iteration,
+                "finished": finished,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": _scheduler_state(scheduler),
+                "scaler": scaler.state_dict() if use_amp else {},
+                "rng": _rng_state(device),
+                "rows": rows,
+                "epoch_stats": epoch_stats.to_dict(),
+                "wall_seconds": wall,
+                "world_size": world.size,
+            }
+            write_checkpoint(out, model, loss_fn, sidecar, train_state)
+            _write_log(out / LOG_FILE, rows)
+        if world.distributed:
+            # No rank runs ahead of (or returns before) a checkpoint that is still being written.
+            import torch.distributed as dist
+
+            dist.barrier()
 
     last_good = (
         f"{out} (epoch {epoch}, step {iteration})"
@@ -869,29 +1077,33 @@ def train(
                 stopped = True
                 break
             t0 = time.perf_counter()
-            index = order[step_in_epoch * bs : (step_in_epoch + 1) * bs]
+            start = step_in_epoch * bs
+            index = order[start + shard_start : start + shard_stop]
             batch_seed = mix_seed(config.seed, epoch, step_in_epoch)
             if pipeline is not None:
-                x8 = augment_batch(images[index], pipeline, batch_seed).to(
-                    device, non_blocking=True
-                )
+                x8 = augment_batch(
+                    images[index], pipeline, batch_seed, index_offset=shard_start
+                ).to(device, non_blocking=True)
             else:
                 x8 = images[index.to(images.device)]
             y = labels[index.to(device)]
             x = x8.float().div_(255.0)
             if resolution:
                 gen = torch.Generator().manual_seed(mix_seed(config.seed, epoch, step_in_epoch, 1))
-                x = random_resolution(x, *resolution, degrade_spec, gen)
+                x = random_resolution(
+                    x, *resolution, degrade_spec, gen, batch_size=bs, index_offset=shard_start
+                )
             x = adapt(x, adapter)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                features = model(x)
-            result = loss_fn(features.float(), y)
+            features, result = runner(x, y)
             total = result.loss
-            if not bool(torch.isfinite(total)):
+            # Sums over the global batch, before backward: every rank sees the same loss, so a
+            # NaN on one shard stops all of them together.
+            loss_value, part_sums, sums = _step_sums(features, result, y)
+            if not math.isfinite(loss_value):
                 raise TrainingError(
-                    f"loss became {float(total.detach())} at epoch {epoch + 1} "
+                    f"loss became {loss_value} at epoch {epoch + 1} "
                     f"iter {iteration + 1}; "
                     f"last good checkpoint kept at {last_good}; lower --lr (now "
                     f"{config.lr:g}), set grad_clip, or use another --seed"
@@ -910,11 +1122,7 @@ def train(
             iteration += 1
             step_in_epoch += 1
 
-            with torch.no_grad():
-                norms = torch.linalg.vector_norm(features.detach().float(), dim=1)
-                correct = int((result.logits.argmax(dim=1) == y).sum())
-                parts = {k: float(v) for k, v in result.parts.items()}
-            epoch_stats.add(float(total.detach()), parts, correct, norms.cpu())
+            epoch_stats.add(sums[0], part_sums, *sums[1:])
             seconds = time.perf_counter() - t0
             epoch_stats.seconds += seconds
             wall += seconds
@@ -934,18 +1142,11 @@ def train(
         bar.epoch_done(row)
         epoch_stats = _EpochStats()
         step_in_epoch = 0
-        finished = epoch >= epochs
-        save(
-            finished,
-            _metrics(rows, wall, model, loss_fn, train_set, test_set, adapter, device, finished),
-        )
+        save(epoch >= epochs)
         last_good = f"{out} (epoch {epoch}, step {iteration})"
 
     if stopped:
-        save(
-            False,
-            _metrics(rows, wall, model, loss_fn, train_set, test_set, adapter, device, False),
-        )
+        save(False)
     return out
 
 
