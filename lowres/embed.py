@@ -226,7 +226,12 @@ def embed_many(
     cuda = device.type == "cuda"
 
     if images.device != device:
-        images = images.pin_memory().to(device, non_blocking=True) if cuda else images.to(device)
+        # Only host memory can be pinned; images already on a GPU are just moved (or kept).
+        on_host = images.device.type == "cpu"
+        if cuda and on_host:
+            images = images.pin_memory().to(device, non_blocking=True)
+        else:
+            images = images.to(device)
     was_training = {}
     for name, (model, _) in models.items():
         was_training[name] = model.training
