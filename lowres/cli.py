@@ -219,7 +219,9 @@ def _bad(ctx, name: str, exc: Exception):
               help="probe: clean gallery vs degraded probe; both: both images degraded.")
 @click.option("--far", "fars", default="1e-3,1e-2,1e-1", show_default=True,
               help="Target false-accept rates.")
-@click.option("--folds", default="0", show_default=True, help="Identity-disjoint test folds.")
+@click.option("--folds", default=None,
+              help="Identity-disjoint test folds, pooled (default: all 4 ORL folds for the "
+                   "builtin default dataset, else 0).")
 @click.option("--seeds", "--seed", "seeds", default="0", show_default=True,
               help="Training / degradation seeds.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
@@ -287,7 +289,11 @@ def sweep_cmd(ctx, models, scales, sizes, data, preset, degrade_text, pairing, f
         degrade=degrade_text,
         pairing=pairing,
         fars=far_values,
-        folds=parsed("folds", S.parse_int_list, folds, "--folds"),
+        folds=(
+            parsed("folds", S.parse_int_list, folds, "--folds")
+            if folds is not None
+            else (S.DEFAULT_FOLDS if data is None else (0,))
+        ),
         seeds=parsed("seeds", S.parse_int_list, seeds, "--seeds"),
         device=device,
         batch_size=batch_size,
