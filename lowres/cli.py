@@ -50,29 +50,57 @@ def cli(verbose: int, quiet: bool) -> None:
 
 @cli.command("train")
 @click.option("--method", required=True, help="Paper notation, e.g. 'SF+R(0.01)', 'l2-SM(30)'.")
-@click.option("--data", default="synth", show_default=True,
-              help="orl, synth, a manifest, or an InsightFace pack (train.rec or its folder).")
+@click.option(
+    "--data",
+    default="synth",
+    show_default=True,
+    help="orl, synth, a manifest, or an InsightFace pack (train.rec or its folder).",
+)
 @click.option("--fold", type=int, default=0, show_default=True, help="Held-out identity fold.")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: ~32k images, 2-40).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Checkpoint folder.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint folder."
+)
 @click.option("--model", default=None, help="Model registry name (default cpunet).")
 @click.option("--batch-size", type=int, default=None, help="Images per step (default 32).")
 @click.option("--lr", type=float, default=None, help="Base learning rate (default 0.05).")
 @click.option("--seed", type=int, default=None, help="Training seed (default 0).")
 @click.option("--preset", default=None, help="Dataset preset, e.g. 'cpu' for synth.")
-@click.option("--augment-resolution", is_flag=True,
-              help="Also degrade half the training images at a random scale in [1/16, 1].")
+@click.option(
+    "--augment-resolution",
+    is_flag=True,
+    help="Also degrade half the training images at a random scale in [1/16, 1].",
+)
 @click.option("--no-augment", is_flag=True, help="No flip/shift/brightness augmentation.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
 @click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
 @click.option("--num-threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None,
-              help="Stop after this many steps in all (resumable with --resume).")
-def train_cmd(method, data, fold, epochs, out_dir, model, batch_size, lr, seed, preset,
-              augment_resolution, no_augment, resume, device, num_threads, no_progress,
-              max_steps) -> None:
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many steps in all (resumable with --resume).",
+)
+def train_cmd(
+    method,
+    data,
+    fold,
+    epochs,
+    out_dir,
+    model,
+    batch_size,
+    lr,
+    seed,
+    preset,
+    augment_resolution,
+    no_augment,
+    resume,
+    device,
+    num_threads,
+    no_progress,
+    max_steps,
+) -> None:
     """Train one method (paper notation) and write a checkpoint folder.
 
     Data parallel: torchrun --nproc_per_node=N -m lowres train ... (--batch-size is the
@@ -82,11 +110,20 @@ def train_cmd(method, data, fold, epochs, out_dir, model, batch_size, lr, seed, 
     from lowres.train import TrainConfig, load_checkpoint, train
 
     given = {
-        "epochs": epochs, "model": model, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "preset": preset, "device": device, "num_threads": num_threads,
+        "epochs": epochs,
+        "model": model,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "preset": preset,
+        "device": device,
+        "num_threads": num_threads,
     }
     config = TrainConfig(
-        method=method, data=data, fold=fold, augment=not no_augment,
+        method=method,
+        data=data,
+        fold=fold,
+        augment=not no_augment,
         augment_resolution=augment_resolution,
         **{k: v for k, v in given.items() if v is not None},
     )
@@ -127,14 +164,33 @@ def data_list_cmd() -> None:
 
 @data_group.command("show")
 @click.argument("name")
-@click.option("--sheet", type=click.Path(dir_okay=False), default=None,
-              help="Write a contact-sheet PNG here (rows = identities).")
-@click.option("--ids", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Identities (rows) on the sheet.")
-@click.option("--per-id", type=click.IntRange(min=1), default=6, show_default=True,
-              help="Images per identity (columns) on the sheet.")
-@click.option("--fold", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Fold described in the protocol summary.")
+@click.option(
+    "--sheet",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a contact-sheet PNG here (rows = identities).",
+)
+@click.option(
+    "--ids",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Identities (rows) on the sheet.",
+)
+@click.option(
+    "--per-id",
+    type=click.IntRange(min=1),
+    default=6,
+    show_default=True,
+    help="Images per identity (columns) on the sheet.",
+)
+@click.option(
+    "--fold",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Fold described in the protocol summary.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Fold shuffle / synth seed.")
 @click.option("--preset", default=None, help="Dataset preset (synth).")
 def data_show_cmd(name, sheet, ids, per_id, fold, seed, preset) -> None:
@@ -202,51 +258,126 @@ def _bad(ctx, name: str, exc: Exception):
 
 
 @cli.command("sweep")
-@click.option("--models", callback=_split_list, default=None,
-              help="Comma list of methods (paper notation, trained on demand and cached) and/or "
-                   "checkpoint folders. Default: SM,SF,l2-SM(30),SM+CL,SM+R(0.01),SF+R(0.01). "
-                   "Raw pixels are always added as a reference.")
-@click.option("--scales", default=None,
-              help="Fractions of the image side, e.g. 1,0.5,0.25 or 1/8 (default 1,1/2,..,1/16).")
+@click.option(
+    "--models",
+    callback=_split_list,
+    default=None,
+    help="Comma list of methods (paper notation, trained on demand and cached) and/or "
+    "checkpoint folders. Default: SM,SF,l2-SM(30),SM+CL,SM+R(0.01),SF+R(0.01). "
+    "Raw pixels are always added as a reference.",
+)
+@click.option(
+    "--scales",
+    default=None,
+    help="Fractions of the image side, e.g. 1,0.5,0.25 or 1/8 (default 1,1/2,..,1/16).",
+)
 @click.option("--sizes", default=None, help="Face widths in pixels instead of --scales.")
-@click.option("--data", default=None,
-              help="Dataset: synth, orl, a manifest, or an InsightFace .bin path.")
+@click.option(
+    "--data", default=None, help="Dataset: synth, orl, a manifest, or an InsightFace .bin path."
+)
 @click.option("--preset", default=None, help="Dataset preset (synth).")
-@click.option("--degrade", "degrade_text", default=None,
-              help="Degradation chain (lowres.degrade form; default bicubic>bicubic).")
-@click.option("--pairing", type=click.Choice(["probe", "both"]), default="probe",
-              show_default=True,
-              help="probe: clean gallery vs degraded probe; both: both images degraded.")
-@click.option("--far", "fars", default="1e-3,1e-2,1e-1", show_default=True,
-              help="Target false-accept rates.")
-@click.option("--folds", default=None,
-              help="Identity-disjoint test folds, pooled (default: all 4 ORL folds for the "
-                   "builtin default dataset, else 0).")
-@click.option("--seeds", "--seed", "seeds", default="0", show_default=True,
-              help="Training / degradation seeds.")
+@click.option(
+    "--degrade",
+    "degrade_text",
+    default=None,
+    help="Degradation chain (lowres.degrade form; default bicubic>bicubic).",
+)
+@click.option(
+    "--pairing",
+    type=click.Choice(["probe", "both"]),
+    default="probe",
+    show_default=True,
+    help="probe: clean gallery vs degraded probe; both: both images degraded.",
+)
+@click.option(
+    "--far", "fars", default="1e-3,1e-2,1e-1", show_default=True, help="Target false-accept rates."
+)
+@click.option(
+    "--folds",
+    default=None,
+    help="Identity-disjoint test folds, pooled (default: all 4 ORL folds for the "
+    "builtin default dataset, else 0).",
+)
+@click.option(
+    "--seeds",
+    "--seed",
+    "seeds",
+    default="0",
+    show_default=True,
+    help="Training / degradation seeds.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Inference batch size.")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/default",
-              show_default=True, help="Output folder.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Inference batch size.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="runs/default",
+    show_default=True,
+    help="Output folder.",
+)
 @click.option("--force", is_flag=True, help="Replace a folder holding a sweep with other settings.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Training epochs of on-demand models (default: the training default).")
-@click.option("--backbone", default=None,
-              help="Network of on-demand models, e.g. sphere20 (default: cpunet).")
-@click.option("--model-cache", type=click.Path(file_okay=False), default=None,
-              help="Trained-model cache (default $LOWRES_CACHE/models or ~/.cache/lowres/models).")
-@click.option("--critical", default="0.5@1e-2", show_default=True,
-              help="Critical resolution target TAR@FAR.")
-@click.option("--save-baseline", type=click.Path(dir_okay=False), default=None,
-              help="Also write a `lowres check` baseline CSV here.")
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training epochs of on-demand models (default: the training default).",
+)
+@click.option(
+    "--backbone", default=None, help="Network of on-demand models, e.g. sphere20 (default: cpunet)."
+)
+@click.option(
+    "--model-cache",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Trained-model cache (default $LOWRES_CACHE/models or ~/.cache/lowres/models).",
+)
+@click.option(
+    "--critical", default="0.5@1e-2", show_default=True, help="Critical resolution target TAR@FAR."
+)
+@click.option(
+    "--save-baseline",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write a `lowres check` baseline CSV here.",
+)
 @click.option("--no-plot", is_flag=True, help="Skip the figures.")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Models trained in parallel (default: 2 on a multi-core CPU, 1 on a GPU).")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Models trained in parallel (default: 2 on a multi-core CPU, 1 on a GPU).",
+)
 @click.pass_context
-def sweep_cmd(ctx, models, scales, sizes, data, preset, degrade_text, pairing, fars, folds,
-              seeds, device, batch_size, out, force, epochs, backbone, model_cache, critical,
-              save_baseline, no_plot, jobs) -> None:
+def sweep_cmd(
+    ctx,
+    models,
+    scales,
+    sizes,
+    data,
+    preset,
+    degrade_text,
+    pairing,
+    fars,
+    folds,
+    seeds,
+    device,
+    batch_size,
+    out,
+    force,
+    epochs,
+    backbone,
+    model_cache,
+    critical,
+    save_baseline,
+    no_plot,
+    jobs,
+) -> None:
     """Evaluate models x probe resolutions into OUT/results.csv, figures and provenance."""
     from pathlib import Path
 
@@ -342,10 +473,19 @@ def plot_cmd(run_dir) -> None:
 
 @cli.command("check")
 @click.argument("run_dir", type=click.Path())
-@click.option("--baseline", required=True, type=click.Path(dir_okay=False),
-              help="Baseline CSV written by `lowres sweep --save-baseline`.")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=0.02, show_default=True,
-              help="Absolute slack per metric before a cell counts as regressed.")
+@click.option(
+    "--baseline",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Baseline CSV written by `lowres sweep --save-baseline`.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=0.02,
+    show_default=True,
+    help="Absolute slack per metric before a cell counts as regressed.",
+)
 def check_cmd(run_dir, baseline, tolerance) -> None:
     """Compare RUN_DIR/results.csv with a baseline; exit 1 if any cell regressed."""
     from lowres.check import check_run
@@ -359,10 +499,18 @@ def check_cmd(run_dir, baseline, tolerance) -> None:
 @cli.command("run")
 @click.argument("study_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--list", "list_only", is_flag=True, help="List the studies in experiments/.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder (default: the study's, runs/NAME).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Models trained in parallel, one torch thread each (default: the study's).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder (default: the study's, runs/NAME).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Models trained in parallel, one torch thread each (default: the study's).",
+)
 @click.option("--force", is_flag=True, help="Replace a sweep folder made with other settings.")
 def run_cmd(study_file, list_only, out, jobs, force) -> None:
     """Run a study (experiments/NAME.toml): train what it needs, evaluate, draw its figures."""
@@ -380,8 +528,10 @@ def run_cmd(study_file, list_only, out, jobs, force) -> None:
     study = load_study(study_file)
     result = run_study(study, out=out, jobs=jobs, force=force)
     click.echo(result.summary)
-    click.echo(f"wrote {result.out} in {result.timings['total']:.1f} s "
-               f"({len(result.figures)} figure files)")
+    click.echo(
+        f"wrote {result.out} in {result.timings['total']:.1f} s "
+        f"({len(result.figures)} figure files)"
+    )
 
 
 def main() -> None:
