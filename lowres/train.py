@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections import Counter
@@ -887,15 +888,18 @@ def train(
                 log.info("%s is already trained; nothing to do", out)
             return out
 
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
     # Checked before joining the group: a rank that fails alone would leave the others waiting.
     ddp.shard_bounds(config.batch_size, world)
     device = _pick_device(config.device, world)
     created_group = _join_group(world, device)
+    threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
     try:
         return _train(config, out, state, world, device, progress=progress, max_steps=max_steps)
     finally:
+        # The caller's thread count comes back: a sweep embeds with it after training.
+        torch.set_num_threads(threads)
         if created_group:
             import torch.distributed as dist
 
@@ -1200,3 +1204,42 @@ def _metrics(
         k: (None if isinstance(v, float) and not math.isfinite(v) else v)
         for k, v in metrics.items()
     }
+
+
+CACHE_MARKER = "lowres-cache.json"
+"""File that marks a finished model in a model cache folder (``<cache>/<config hash>/``)."""
+
+
+def train_cached(config: TrainConfig, cache: str | os.PathLike, *, progress: bool = True) -> Path:
+    """Checkpoint folder of ``config``: from ``cache/<config.hash()>/``, or trained now.
+
+    Training runs in ``<hash>.partial`` (resumed there after an interruption) and the folder is
+    renamed to ``<hash>`` only once training finished, so a cache hit is always a complete
+    model. On CPU training uses one torch thread, whether it runs in-process or in one of
+    several parallel workers: float reductions then run in one order, so a cached model's
+    weights depend on its config alone, never on how many jobs trained it.
+    """
+    from lowres.embed import pick_device
+    from lowres.results import atomic_write_json
+
+    cache = Path(cache)
+    final = cache / config.hash()
+    marker = final / CACHE_MARKER
+    if marker.is_file():
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        return final / info["checkpoint"]
+    partial = cache / f"{config.hash()}.partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    log.info("training %s (fold %d, seed %d) -> %s", config.method, config.fold, config.seed, final)
+    if pick_device(None if config.device == "auto" else config.device).type == "cpu":
+        config = dataclasses.replace(config, num_threads=1)
+    ckpt = Path(train(config, partial, resume=True, progress=progress))
+    rel = ckpt.resolve().relative_to(partial.resolve())
+    atomic_write_json(
+        partial / CACHE_MARKER,
+        {"checkpoint": str(rel), "config": dataclasses.asdict(config), "hash": config.hash()},
+    )
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return final / rel

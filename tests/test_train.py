@@ -140,6 +140,19 @@ def test_same_seed_gives_bit_identical_weights(tmp_path):
     assert (a / ckpt.WEIGHTS_FILE).read_bytes() != (c / ckpt.WEIGHTS_FILE).read_bytes()
 
 
+def test_num_threads_is_restored_after_training(tmp_path):
+    """A sweep embeds right after training in the same process: a leaked thread count would
+    change float reduction order, and so the bits of its results, depending on what ran before."""
+    before = torch.get_num_threads()
+    train(
+        tiny("SM", epochs=1, num_threads=max(1, before - 1) if before > 1 else 2),
+        tmp_path,
+        progress=False,
+        max_steps=1,
+    )
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.parametrize(
     ("method", "epochs", "stop_epochs"), [("SF+R(0.01)", 4, 2), ("SM+CL", 3, 1.5)]
 )
