@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lowres.atomic import atomic_write_bytes
 from lowres.errors import ResultsError
-from lowres.results import atomic_write_bytes, primary_rows, read_table
+from lowres.results import primary_rows, read_table
 
 FIGURES_DIR = "figures"
 X_LABEL = "probe face width (pixels)"
@@ -483,7 +484,7 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
     roc = _read_optional(run_dir / "roc.csv")
     norms = _read_optional(run_dir / "norms.csv")
     written = plot_tables(table, out_dir, roc=roc, norms=norms)
-    from lowres.results import atomic_write_text
+    from lowres.atomic import atomic_write_text
 
     atomic_write_text(digest_path, digest.hexdigest())
     return written

@@ -56,7 +56,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lowres.atomic import atomic_write_bytes, atomic_write_text
 from lowres.errors import ResultsError
 
 POOLED = -1
@@ -214,29 +214,6 @@ def sort_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Deterministic row order: dataset, model, pairing, fold, seed, metric, far, scale."""
     order = ["dataset", "model", "pairing", "fold", "seed", "metric", "reference", "far", "scale"]
     return frame.sort_values(order, kind="mergesort", na_position="first").reset_index(drop=True)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # KeyboardInterrupt included: never leave a half-written temporary behind.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Text variant of :func:`atomic_write_bytes` (UTF-8, ``\\n`` line ends)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -62,7 +62,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -393,54 +392,24 @@ def _cache_root(study: Study) -> Path:
     return study.model_cache if study.model_cache is not None else default_model_cache()
 
 
-def cached_train(config_dict: dict, cache: str | os.PathLike, num_threads: int | None) -> str:
-    """Checkpoint folder of a TrainConfig: from ``cache/<hash>/``, or trained now.
+def cached_train(config_dict: dict, cache: str | os.PathLike) -> str:
+    """:func:`lowres.train.train_cached` from plain values, so it can run in a worker process."""
+    from lowres.train import TrainConfig, train_cached
 
-    Same layout and marker as :func:`lowres.sweep.trained_checkpoint`: training runs in
-    ``<hash>.partial`` (resumed there after an interruption) and is renamed to ``<hash>`` once
-    finished, so a cache hit is always a complete model. Takes plain values so that it can run
-    in a worker process.
-    """
-    import torch
-
-    from lowres.results import atomic_write_json
-    from lowres.train import TrainConfig, train
-
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    tc = TrainConfig.from_dict(config_dict)
-    cache = Path(cache)
-    final = cache / tc.hash()
-    marker = final / "lowres-cache.json"
-    if marker.is_file():
-        info = json.loads(marker.read_text(encoding="utf-8"))
-        return str(final / info["checkpoint"])
-    partial = cache / f"{tc.hash()}.partial"
-    partial.mkdir(parents=True, exist_ok=True)
-    log.info("training %s (fold %d, seed %d) -> %s", tc.method, tc.fold, tc.seed, final)
-    ckpt = Path(train(tc, partial, resume=True, progress=True))
-    rel = ckpt.resolve().relative_to(partial.resolve())
-    atomic_write_json(
-        partial / "lowres-cache.json",
-        {"checkpoint": str(rel), "config": dataclasses.asdict(tc), "hash": tc.hash()},
-    )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    return str(final / rel)
+    return str(train_cached(TrainConfig.from_dict(config_dict), cache))
 
 
 def _train_all(jobs: list[tuple[str, dict]], cache: Path, workers: int) -> dict[str, Path]:
     """Train (or find) every (key, TrainConfig dict); ``workers`` > 1 trains in parallel
     processes with one torch thread each (two 1-thread jobs beat one 2-thread job on CPU)."""
     if workers <= 1 or len(jobs) <= 1:
-        return {key: Path(cached_train(cfg, cache, None)) for key, cfg in jobs}
+        return {key: Path(cached_train(cfg, cache)) for key, cfg in jobs}
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-        futures = {key: pool.submit(cached_train, cfg, str(cache), 1) for key, cfg in jobs}
+        futures = {key: pool.submit(cached_train, cfg, str(cache)) for key, cfg in jobs}
         return {key: Path(f.result()) for key, f in futures.items()}
 
 
@@ -521,7 +490,7 @@ _SHARED_PROVENANCE = ("versions", "git_revision", "seeds", "timings_s")
 
 
 def _write_csv(frame, path: Path) -> None:
-    from lowres.results import atomic_write_text
+    from lowres.atomic import atomic_write_text
 
     atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
 

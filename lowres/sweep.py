@@ -894,48 +894,19 @@ def _train_config(entry: ModelEntry, config: SweepConfig, fold: int, seed: int):
 
 
 def trained_checkpoint(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> Path:
-    """Checkpoint of a method at (fold, seed): from the cache, or trained now and cached.
+    """Checkpoint of a method at (fold, seed): from the model cache, or trained now and cached
+    (see :func:`lowres.train.train_cached`)."""
+    from lowres.train import train_cached
 
-    Training runs in ``<hash>.partial`` (resumed there after an interruption) and the folder is
-    renamed to ``<hash>`` only when training finished, so a cache hit is always complete.
-    """
-    import torch
-
-    from lowres.train import train
-
-    tc = _train_config(entry, config, fold, seed)
     cache = Path(config.model_cache) if config.model_cache else default_model_cache()
-    final = cache / tc.hash()
-    marker = final / "lowres-cache.json"
-    if marker.is_file():
-        info = json.loads(marker.read_text(encoding="utf-8"))
-        return final / info["checkpoint"]
-    partial = cache / f"{tc.hash()}.partial"
-    partial.mkdir(parents=True, exist_ok=True)
-    log.info("training %s (fold %d, seed %d) -> %s", entry.name, fold, seed, final)
-    threads = torch.get_num_threads()
-    if _device_name(config.device) == "cpu":
-        # One thread, whether trained here or in a parallel worker: float reductions then run
-        # in one order, so a model's weights depend on its config alone, never on --jobs.
-        tc = dataclasses.replace(tc, num_threads=1)
-    try:
-        ckpt = Path(train(tc, partial, resume=True, progress=True))
-    finally:
-        torch.set_num_threads(threads)
-    rel = ckpt.resolve().relative_to(partial.resolve())
-    atomic_write_json(
-        partial / "lowres-cache.json",
-        {"checkpoint": str(rel), "config": dataclasses.asdict(tc), "hash": tc.hash()},
-    )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    return final / rel
+    return train_cached(_train_config(entry, config, fold, seed), cache)
 
 
 def _is_cached(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> bool:
     cache = Path(config.model_cache) if config.model_cache else default_model_cache()
-    return (cache / _train_config(entry, config, fold, seed).hash() / "lowres-cache.json").is_file()
+    from lowres.train import CACHE_MARKER
+
+    return (cache / _train_config(entry, config, fold, seed).hash() / CACHE_MARKER).is_file()
 
 
 def _pretrain_one(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> str:
@@ -1289,7 +1260,7 @@ def _device_name(name: str) -> str:
 
 
 def _write_frame(frame: pd.DataFrame, path: Path) -> None:
-    from lowres.results import atomic_write_text
+    from lowres.atomic import atomic_write_text
 
     atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n", float_format="%.17g"))
 

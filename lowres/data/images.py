@@ -10,15 +10,16 @@ list and every file's bytes, so any added, removed, renamed or edited image miss
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lowres.atomic import atomic_write_bytes
 from lowres.data.dataset import FaceDataset
 from lowres.errors import DataError
 
@@ -173,15 +174,9 @@ def cached_images(
             log.warning("ignoring unreadable cache file %s (%s)", path, exc)
     images = decode_all()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"images": images, "format": torch.tensor(CACHE_FORMAT)}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        buf = io.BytesIO()
+        torch.save({"images": images, "format": torch.tensor(CACHE_FORMAT)}, buf)
+        atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
         # a read-only or full cache folder must not stop the run; decoding already succeeded
         log.warning("could not write decode cache %s (%s)", path, exc.strerror)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import torch
 
+from lowres.atomic import atomic_write_bytes
 from lowres.data.dataset import FaceDataset
 from lowres.errors import DataError
 
@@ -89,14 +89,9 @@ def write_contact_sheet(
             wspace=0.04,
             hspace=0.06,
         )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", dpi=100)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        atomic_write_bytes(path, buf.getvalue())
     finally:
         plt.close(fig)
     return path

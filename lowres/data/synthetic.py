@@ -1279,21 +1279,20 @@ def scale_sheet(
 
 def _write_png(sheet: torch.Tensor, path: Path) -> Path:
     """Write a uint8 (C, H, W) sheet as a PNG atomically (temporary file + os.replace)."""
-    import os
-    import tempfile
+    import io
 
     from PIL import Image
+
+    from lowres.atomic import atomic_write_bytes
 
     if not path.parent.is_dir():
         raise DataError(f"folder {path.parent} for the sheet does not exist; create it first")
     arr = sheet.permute(1, 2, 0).numpy()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG")
     try:
-        Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise DataError(f"cannot write sheet {path}: {exc}; choose a writable path") from None
     return path
 
