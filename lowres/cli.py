@@ -63,7 +63,12 @@ def cli(verbose: int, quiet: bool) -> None:
 )
 @click.option("--model", default=None, help="Model registry name (default cpunet).")
 @click.option("--batch-size", type=int, default=None, help="Images per step (default 32).")
-@click.option("--lr", type=float, default=None, help="Base learning rate (default 0.05).")
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help="Base learning rate (default 0.05; sphere nets 0.1 x batch/256).",
+)
 @click.option("--seed", type=int, default=None, help="Training seed (default 0).")
 @click.option("--preset", default=None, help="Dataset preset, e.g. 'cpu' for synth.")
 @click.option(

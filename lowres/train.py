@@ -95,6 +95,19 @@ TRAIN_FORMAT = 2
 DEFAULT_RESOLUTION = (1.0 / 16.0, 1.0, 0.5)
 
 
+def default_lr(model: str, batch_size: int) -> float:
+    """Default base learning rate for ``model`` at ``batch_size``.
+
+    The SphereFace residual nets (``sphere*``: PReLU, no BatchNorm) get SphereFace's recipe,
+    lr 0.1 at batch 256, scaled linearly to the batch size (0.0125 at 32): at the small nets'
+    0.05 with batch 32, sphere20 diverged to a NaN loss within 7 ORL epochs on a GPU. Every
+    other model (BatchNorm nets such as cpunet, LeNet++) gets 0.05, tuned on ORL here.
+    """
+    if str(model).startswith("sphere"):
+        return 0.1 * batch_size / 256
+    return 0.05
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a trained model (and, in the execution fields, how to run it).
@@ -115,7 +128,8 @@ class TrainConfig:
             training images: 40 epochs, ~20 s; synth's cpu preset, 16k images: 2 epochs, ~1 min).
         batch_size: images per step. Incomplete last batches are dropped (BatchNorm on a
             handful of images is noisy), unless the set is smaller than one batch.
-        lr: base learning rate of the backbone and the head (R uses ``lr * lr_mult``).
+        lr: base learning rate of the backbone and the head (R uses ``lr * lr_mult``); None ->
+            :func:`default_lr` for the model and batch size.
         momentum, weight_decay: SGD settings (SphereFace's 0.9 and 5e-4).
         milestones: when to multiply the lr by ``lr_gamma``. Values all in (0, 1) are fractions
             of the total number of steps (default 0.5, 0.75: the shape of SphereFace's 16k/24k
@@ -147,7 +161,7 @@ class TrainConfig:
     split_seed: int = 0
     epochs: int | None = None
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     milestones: tuple[float, ...] = (0.5, 0.75)
@@ -166,6 +180,8 @@ class TrainConfig:
     amp: bool = True
 
     def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = default_lr(self.model, self.batch_size)
         self.milestones = tuple(self.milestones)
         if self.input_size is not None:
             self.input_size = tuple(int(v) for v in self.input_size)

@@ -401,3 +401,11 @@ def test_cli_trains_and_prints_summary(tmp_path):
     side = json.loads((out / ckpt.SIDECAR_FILE).read_text())
     assert side["config"]["augment_resolution"] == [1 / 16, 1.0, 0.5]
     assert side["data"]["fold"] == 1
+
+
+def test_default_lr_follows_the_model_family():
+    # SphereFace nets (no BatchNorm) take SphereFace's 0.1 at batch 256, scaled to the batch.
+    assert TrainConfig(method="SM", model="sphere20", batch_size=64).lr == pytest.approx(0.025)
+    assert TrainConfig(method="SM", model="cpunet").lr == 0.05
+    # Resolving the default does not change the identity of a config that spelled it out.
+    assert TrainConfig(method="SM").hash() == TrainConfig(method="SM", lr=0.05).hash()
