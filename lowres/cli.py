@@ -268,7 +268,9 @@ def _bad(ctx, name: str, exc: Exception):
     callback=_split_list,
     default=None,
     help="Comma list of methods (paper notation, trained on demand and cached) and/or "
-    "checkpoint folders. Default: SM,SF,l2-SM(30),SM+CL,SM+R(0.01),SF+R(0.01). "
+    "checkpoint folders and/or external models ([ts:|onnx:]FILE[(channels=..,size=HxW,"
+    "mean=..,std=..,flip=..)], adapter from FILE's .adapter.json/.toml sidecar). "
+    "Default: SM,SF,l2-SM(30),SM+CL,SM+R(0.01),SF+R(0.01). "
     "Raw pixels are always added as a reference.",
 )
 @click.option(
@@ -358,6 +360,13 @@ def _bad(ctx, name: str, exc: Exception):
     default=None,
     help="Models trained in parallel (default: 2 on a multi-core CPU, 1 on a GPU).",
 )
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Compute only shard I of N (whole models per fold and seed, round robin) into --out; "
+    "join the shard folders with `lowres merge`.",
+)
 @click.pass_context
 def sweep_cmd(
     ctx,
@@ -382,6 +391,7 @@ def sweep_cmd(
     save_baseline,
     no_plot,
     jobs,
+    shard,
 ) -> None:
     """Evaluate models x probe resolutions into OUT/results.csv, figures and provenance."""
     from pathlib import Path
@@ -411,6 +421,9 @@ def sweep_cmd(
         crit_tar, crit_far = (float(v) for v in critical.split("@"))
     except ValueError:
         raise _bad(ctx, "critical", ValueError("use TAR@FAR, e.g. 0.5@1e-2")) from None
+    shard_value = parsed("shard", S.parse_shard, shard) if shard is not None else None
+    if shard_value is not None and save_baseline:
+        raise click.UsageError("--save-baseline needs the whole sweep; give it to lowres merge")
     model_list = tuple(models) if models is not None else S.DEFAULT_MODELS
     try:
         S.resolve_models(model_list)
@@ -443,6 +456,7 @@ def sweep_cmd(
         plot=not no_plot,
         save_baseline=Path(save_baseline) if save_baseline else None,
         jobs=jobs,
+        shard=shard_value,
     )
     try:
         result = S.run_sweep(config)
@@ -453,14 +467,52 @@ def sweep_cmd(
             err=True,
         )
         sys.exit(130)
+    t = result.timings
+    if shard_value is not None:
+        i, n = shard_value
+        click.echo(
+            f"shard {i}/{n}: {result.computed} cells computed, {result.reused} reused in "
+            f"{t['total']:.1f} s into {result.out}; when every shard is done, join them with "
+            f"`lowres merge OUT SHARD_DIR...`"
+        )
+        return
     crit = {"tar": crit_tar, "far": crit_far}
     click.echo(S.format_summary(result.table, 1e-2, crit))
-    t = result.timings
     click.echo(
         f"\n{result.computed} cells computed, {result.reused} reused in {t['total']:.1f} s "
         f"(train {t['train']:.1f}, embed {t['embed']:.1f}, score {t['score']:.1f}, "
         f"bootstrap {t.get('bootstrap', 0.0):.1f}, plot {t.get('plot', 0.0):.1f}); "
         f"results in {result.out}/results.csv"
+    )
+    if save_baseline:
+        click.echo(f"baseline written to {save_baseline}")
+
+
+@cli.command("merge")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("shard_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Replace a folder holding a sweep with other settings.")
+@click.option("--no-plot", is_flag=True, help="Skip the figures.")
+@click.option(
+    "--save-baseline",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write a `lowres check` baseline CSV here.",
+)
+def merge_cmd(out, shard_dirs, force, no_plot, save_baseline) -> None:
+    """Join the folders of `lowres sweep --shard I/N` runs into OUT, as one unsharded sweep."""
+    import json
+
+    from lowres import sweep as S
+
+    result = S.merge_shards(
+        out, shard_dirs, plot=not no_plot, save_baseline=save_baseline, force=force
+    )
+    crit = json.loads((result.out / "provenance.json").read_text(encoding="utf-8"))["critical"]
+    click.echo(S.format_summary(result.table, 1e-2, crit))
+    click.echo(
+        f"\nmerged {result.reused} cells from {len(shard_dirs)} shard folders in "
+        f"{result.timings['total']:.1f} s; results in {result.out}/results.csv"
     )
     if save_baseline:
         click.echo(f"baseline written to {save_baseline}")
@@ -499,6 +551,21 @@ def check_cmd(run_dir, baseline, tolerance) -> None:
     click.echo(result.report())
     if not result.ok:
         sys.exit(1)
+
+
+@cli.command("export")
+@click.argument("ckpt_dir", type=click.Path())
+@click.argument("out", type=click.Path())
+def export_cmd(ckpt_dir, out) -> None:
+    """Export checkpoint CKPT_DIR to TorchScript OUT (e.g. model.pt) + OUT's adapter sidecar.
+
+    The archive and OUT.adapter.json (suffix replaced) go into `lowres sweep --models` as an
+    external model, next to the checkpoint itself.
+    """
+    from lowres.external import export_torchscript
+
+    archive, sidecar = export_torchscript(ckpt_dir, out)
+    click.echo(f"wrote {archive} and {sidecar}")
 
 
 @cli.command("run")

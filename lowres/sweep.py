@@ -44,6 +44,13 @@ same resampled pairs (a pair is kept with multiplicity k_a * k_b when its identi
 k_a and k_b times; a genuine pair with multiplicity k). 1000 replicates, seed 1000, percentile
 95% interval. The replicates are exact, not binned: see :func:`bootstrap_tar`.
 
+**Shards.** ``SweepConfig.shard = (i, n)`` (``lowres sweep --shard i/n``) computes only shard
+i's cells (:func:`shard_plan`: whole models per fold and seed, round robin, so each shard trains
+only its own models) into its own ``--out`` folder, and writes ``shard.json`` instead of the
+table. :func:`merge_shards` (``lowres merge OUT SHARD_DIR...``) checks that the shard folders
+share settings and together hold every cell exactly once, copies the cells into ``OUT/cells``
+and assembles them with the same function as an unsharded sweep: the same ``results.csv``.
+
 **Pooling.** With several folds, cells are also pooled (scores concatenated over folds, one
 threshold; ``fold = -1``); summaries and figures use the pooled rows, averaged over seeds.
 """
@@ -142,6 +149,8 @@ class SweepConfig:
             CPU with at least 2 cores, else 1). Two 1-thread jobs finish about twice as fast
             as one 2-thread job on the 2-core machines (FINDINGS.md); on a GPU one process
             owns the device. Does not change any number, only the wall time.
+        shard: ``(i, n)``: compute only shard i of n (see :func:`shard_plan`) and write a
+            shard manifest instead of the table; :func:`merge_shards` joins the shards.
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -168,6 +177,7 @@ class SweepConfig:
     plot: bool = True
     save_baseline: Path | None = None
     jobs: int | None = None
+    shard: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form for provenance."""
@@ -183,9 +193,10 @@ class ModelEntry:
 
     Attributes:
         name: model id in the table.
-        kind: ``"method"``, ``"checkpoint"`` or ``"pixels"``.
-        method: paper notation of the loss (``"pixels"`` for the reference).
-        source: the method name or checkpoint folder given by the user.
+        kind: ``"method"``, ``"checkpoint"``, ``"external"`` or ``"pixels"``.
+        method: paper notation of the loss (``"pixels"`` for the reference; the format,
+            ``"torchscript"`` or ``"onnx"``, for an external model).
+        source: the method name, checkpoint folder or external-model entry given by the user.
         spec: parsed MethodSpec (None for pixels).
     """
 
@@ -293,15 +304,30 @@ def validate_fars(fars: Iterable[float]) -> tuple[float, ...]:
 
 
 def _looks_like_path(text: str) -> bool:
-    return "/" in text or os.sep in text or text.startswith(".") or Path(text).exists()
+    from lowres.external import is_external
+
+    return (
+        "/" in text
+        or os.sep in text
+        or text.startswith(".")
+        or Path(text).exists()
+        or is_external(text)
+    )
 
 
 def resolve_models(models: Sequence[str]) -> list[ModelEntry]:
-    """Method names / checkpoint paths -> model entries, validated before anything runs.
+    """Method names / checkpoint paths / external models -> entries, validated before anything
+    runs.
+
+    An external model (TorchScript or ONNX file, ``[ts:|onnx:]PATH[(key=value,...)]``, see
+    :mod:`lowres.external`) is loaded and dry-run on its adapter's input here, so a model that
+    cannot take its adapter fails before the output folder is touched. Its model id is the
+    file name (``arcface.pt``).
 
     Raises:
-        ConfigError: empty list, unknown method, duplicate model id, or ``pixels`` given.
-        CheckpointError: a checkpoint path that does not exist or is not a checkpoint.
+        ConfigError: empty list, unknown method, duplicate model id, ``pixels`` given, or an
+            external model's adapter missing, invalid or not accepted by the model.
+        CheckpointError: a checkpoint or model file that does not exist or cannot be loaded.
     """
     from lowres.methods import parse_method
 
@@ -315,6 +341,15 @@ def resolve_models(models: Sequence[str]) -> list[ModelEntry]:
                 "'pixels' is always scored as the reference; leave it out of --models"
             )
         if _looks_like_path(text):
+            from lowres import external
+
+            if external.is_external(text):
+                ext = external.parse_external(text)
+                external.load_spec(ext)
+                entries.append(
+                    ModelEntry(name=ext.path.name, kind="external", method=ext.format, source=text)
+                )
+                continue
             from lowres.checkpoint import read_sidecar
 
             path = Path(text).expanduser()
@@ -377,7 +412,15 @@ def settings_fingerprint(
     }
 
 
-_OWN_OUTPUTS = ("results.csv", "roc.csv", "norms.csv", "provenance.json", CELLS_DIR, "figures")
+_OWN_OUTPUTS = (
+    "results.csv",
+    "roc.csv",
+    "norms.csv",
+    "provenance.json",
+    CELLS_DIR,
+    "figures",
+    "shard.json",
+)
 
 
 def prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, force: bool) -> None:
@@ -971,6 +1014,13 @@ def prepare_models(
 
     prepared: list[Prepared] = []
     for entry in entries:
+        if entry.kind == "external":
+            from lowres import external
+
+            ext = external.parse_external(entry.source)
+            module = external.load_spec(ext)
+            prepared.append(Prepared(entry, module, ext.adapter, external.model_hash(ext)))
+            continue
         if entry.kind == "method":
             path = trained_checkpoint(entry, config, fold, seed)
             model_hash = _train_config(entry, config, fold, seed).hash()
@@ -1097,6 +1147,12 @@ def run_sweep(
     folds = parse_int_list(",".join(map(str, config.folds)), "folds")
     seeds = parse_int_list(",".join(map(str, config.seeds)), "seeds")
     entries = resolve_models(config.models)
+    shard = validate_shard(config.shard)
+    if shard is not None and config.save_baseline is not None:
+        raise ConfigError(
+            "a shard has no table to save as a baseline; give --save-baseline to lowres merge"
+        )
+    plan = shard_plan([e.name for e in entries], folds, seeds, shard)
     spec = DEFAULT if config.degrade is None else parse_degrade(config.degrade)
     degrade_text, degrade_hash = str(spec), spec.hash()
 
@@ -1134,7 +1190,7 @@ def run_sweep(
     atomic_write_json(out / "provenance.json", provenance)
 
     t0 = time.perf_counter()
-    pretrain_models(entries, config, folds, seeds, training_workers(config))
+    _pretrain_planned(entries, config, plan, training_workers(config))
     timings["train"] += time.perf_counter() - t0
 
     cells: dict[tuple[str, int, int, float], dict[str, Any]] = {}
@@ -1144,8 +1200,14 @@ def run_sweep(
     n_model_images = 0
     for fold in folds:
         for seed in seeds:
+            mine = plan[(fold, seed)]
+            if not mine:
+                continue
             t0 = time.perf_counter()
-            prepared = prepare_models(entries, config, fold, seed)
+            owned = [e for e in entries if e.name in mine]
+            prepared = [
+                p for p in prepare_models(owned, config, fold, seed) if p.entry.name in mine
+            ]
             timings["train"] += time.perf_counter() - t0
             test = tests[fold]
             for p in prepared:
@@ -1196,16 +1258,72 @@ def run_sweep(
             n_images_embedded += n_img
             n_model_images += n_mimg
     log.info("computed %d cells, reused %d", computed, reused)
-
-    t0 = time.perf_counter()
+    provenance.update(
+        cells={"computed": computed, "reused": reused},
+        inference={
+            "images_degraded_and_embedded": n_images_embedded,
+            "model_images": n_model_images,
+            "images_per_s": round(n_images_embedded / timings["embed"], 1)
+            if timings["embed"] > 0
+            else None,
+            "model_images_per_s": round(n_model_images / timings["embed"], 1)
+            if timings["embed"] > 0
+            else None,
+            "device": _device_name(config.device),
+        },
+        **_table_provenance(model_info, grid, fars, config),
+    )
     context = {
         "dataset": dataset_name,
         "pairing": config.pairing,
         "degrade": degrade_text,
         "degrade_hash": degrade_hash,
     }
+    if shard is not None:
+        timings["total"] = time.perf_counter() - t_start
+        model_ids = [e.name for e in entries]
+        _write_shard_manifest(
+            out, provenance, shard, model_ids, model_info, cells, folds, seeds, context, timings
+        )
+        return SweepResult(
+            out=out, table=to_frame([]), computed=computed, reused=reused, timings=timings
+        )
+    table, figures = _assemble_outputs(
+        out, cells, model_info, grid, folds, seeds, fars, context, config, timings
+    )
+    timings["total"] = time.perf_counter() - t_start
+    provenance.update(status="complete", timings_s={k: round(v, 3) for k, v in timings.items()})
+    atomic_write_json(out / "provenance.json", provenance)
+    return SweepResult(
+        out=out, table=table, computed=computed, reused=reused, timings=timings, figures=figures
+    )
+
+
+def _table_provenance(model_info, grid, fars, config: SweepConfig) -> dict[str, Any]:
+    """The provenance entries that describe the table's rows (shared by sweep and merge)."""
+    return {
+        "models": {
+            name: {"kind": e.kind, "method": e.method, "source": e.source}
+            for name, e in sorted(model_info.items())
+        },
+        "grid": [{"scale": s, "size_px": z} for s, z in grid],
+        "fars": list(fars),
+        "critical": {"tar": config.critical_tar, "far": config.critical_far},
+        "bootstrap": {"replicates": config.n_boot, "seed": config.boot_seed, "level": 0.95},
+    }
+
+
+def _assemble_outputs(
+    out: Path, cells, model_info, grid, folds, seeds, fars, context, config: SweepConfig, timings
+) -> tuple[pd.DataFrame, list[Path]]:
+    """Cells in ``out/cells`` -> results.csv, roc.csv, norms.csv, the baseline and figures.
+
+    The one assembly path of both :func:`run_sweep` and :func:`merge_shards`, so a merged
+    sweep writes the bytes an unsharded one writes.
+    """
+    t0 = time.perf_counter()
     table, roc_frame, norms_frame = assemble(
-        cells_dir, cells, model_info, grid, folds, seeds, fars, context, config, timings
+        out / CELLS_DIR, cells, model_info, grid, folds, seeds, fars, context, config, timings
     )
     write_table(table, out / "results.csv")
     _write_frame(roc_frame, out / "roc.csv")
@@ -1222,35 +1340,7 @@ def run_sweep(
         t0 = time.perf_counter()
         figures = plot_run(out)
         timings["plot"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
-    provenance.update(
-        status="complete",
-        timings_s={k: round(v, 3) for k, v in timings.items()},
-        cells={"computed": computed, "reused": reused},
-        inference={
-            "images_degraded_and_embedded": n_images_embedded,
-            "model_images": n_model_images,
-            "images_per_s": round(n_images_embedded / timings["embed"], 1)
-            if timings["embed"] > 0
-            else None,
-            "model_images_per_s": round(n_model_images / timings["embed"], 1)
-            if timings["embed"] > 0
-            else None,
-            "device": _device_name(config.device),
-        },
-        models={
-            name: {"kind": e.kind, "method": e.method, "source": e.source}
-            for name, e in sorted(model_info.items())
-        },
-        grid=[{"scale": s, "size_px": z} for s, z in grid],
-        fars=list(fars),
-        critical={"tar": config.critical_tar, "far": config.critical_far},
-        bootstrap={"replicates": config.n_boot, "seed": config.boot_seed, "level": 0.95},
-    )
-    atomic_write_json(out / "provenance.json", provenance)
-    return SweepResult(
-        out=out, table=table, computed=computed, reused=reused, timings=timings, figures=figures
-    )
+    return table, figures
 
 
 def _device_name(name: str) -> str:
@@ -1626,6 +1716,413 @@ def _margin(cells_dir, cells, level, name, base, scale, folds, seeds, fars, conf
     }
     atomic_write_json(path, result)
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# Shards: one sweep split across processes or machines, then merged
+# --------------------------------------------------------------------------------------------
+
+
+SHARD_FORMAT = "lowres-shard/1"
+SHARD_MANIFEST = "shard.json"
+RUNTIME_KEYS = frozenset(
+    {
+        "out",
+        "force",
+        "plot",
+        "save_baseline",
+        "jobs",
+        "model_cache",
+        "device",
+        "batch_size",
+        "shard",
+    }
+)
+"""SweepConfig fields that may differ between the shards of one sweep (where and how each
+shard ran, not what it computes)."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> ``(2, 4)``. ConfigError unless ``1 <= i <= n``."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if match is None:
+        raise ConfigError(f"shard {text!r} is not i/n; use e.g. 1/2 (shard i of n, 1 <= i <= n)")
+    return validate_shard((int(match.group(1)), int(match.group(2))))  # type: ignore[return-value]
+
+
+def validate_shard(shard: Any) -> tuple[int, int] | None:
+    """None (the whole sweep) or ``(i, n)`` ints with ``1 <= i <= n``, else ConfigError."""
+    if shard is None:
+        return None
+    try:
+        i, n = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise ConfigError(f"shard {shard!r} is not (i, n); use e.g. (1, 2)") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise ConfigError(f"shard {i}/{n} is outside 1..n; use i/n with 1 <= i <= n, e.g. 1/2")
+    return i, n
+
+
+def shard_plan(
+    models: Sequence[str],
+    folds: Sequence[int],
+    seeds: Sequence[int],
+    shard: tuple[int, int] | None,
+) -> dict[tuple[int, int], tuple[str, ...]]:
+    """The model ids whose cells shard ``(i, n)`` computes, per (fold, seed).
+
+    A unit is one model at one (fold, seed), with all its scales: the model is trained (or
+    loaded) once for it, so a shard trains exactly the models of its units. Units are ordered
+    by fold, then seed (both ascending), then the models' order in the sweep; unit k goes to
+    shard ``k % n + 1`` (round robin), so shard sizes differ by at most one unit. The raw-pixel
+    reference of a (fold, seed) goes with that (fold, seed)'s first model, whose input size it
+    uses. ``shard=None``: every model and the reference.
+
+    Args:
+        models: model ids in sweep order (without ``pixels``).
+        folds, seeds: the sweep's folds and seeds.
+        shard: ``(i, n)`` or None.
+
+    Returns:
+        ``{(fold, seed): model ids in sweep order, plus "pixels" where this shard owns it}``.
+
+    >>> shard_plan(["SM", "SF"], [0, 1], [0], (2, 2))
+    {(0, 0): ('SF',), (1, 0): ('SF',)}
+    """
+    models = list(models)
+    plan: dict[tuple[int, int], tuple[str, ...]] = {}
+    k = 0
+    for fold in sorted(folds):
+        for seed in sorted(seeds):
+            mine = []
+            for j, name in enumerate(models):
+                if shard is None or k % shard[1] + 1 == shard[0]:
+                    mine.append(name)
+                    if j == 0:
+                        mine.append(PIXELS)
+                k += 1
+            plan[(fold, seed)] = tuple(mine)
+    return plan
+
+
+def _pretrain_planned(entries, config: SweepConfig, plan, workers: int) -> None:
+    """:func:`pretrain_models` for the planned units only, as few calls as keep it exact.
+
+    Units are grouped by their model set; a group whose (fold, seed) pairs form a full
+    folds x seeds grid is one call (the whole unsharded sweep is), any other one call per seed.
+    """
+    groups: dict[tuple[str, ...], list[tuple[int, int]]] = {}
+    for (fold, seed), names in plan.items():
+        mine = tuple(e.name for e in entries if e.name in names)
+        if mine:
+            groups.setdefault(mine, []).append((fold, seed))
+    for mine, pairs in groups.items():
+        subset = [e for e in entries if e.name in mine]
+        group_folds = sorted({f for f, _ in pairs})
+        group_seeds = sorted({s for _, s in pairs})
+        if len(pairs) == len(group_folds) * len(group_seeds):
+            pretrain_models(subset, config, group_folds, group_seeds, workers)
+            continue
+        for seed in group_seeds:
+            seed_folds = [f for f, s in pairs if s == seed]
+            pretrain_models(subset, config, seed_folds, [seed], workers)
+
+
+def _entry_json(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "kind": entry.kind,
+        "method": entry.method,
+        "source": entry.source,
+        "spec": None if entry.spec is None else str(entry.spec),
+    }
+
+
+def _entry_from_json(item: dict[str, Any]) -> ModelEntry:
+    from lowres.methods import parse_method
+
+    spec = item.get("spec")
+    return ModelEntry(
+        name=item["name"],
+        kind=item["kind"],
+        method=item["method"],
+        source=item["source"],
+        spec=None if spec is None else parse_method(spec),
+    )
+
+
+def _write_shard_manifest(
+    out: Path, provenance, shard, model_ids, model_info, cells, folds, seeds, context, timings
+) -> None:
+    """``provenance.json`` (status "shard") and ``shard.json``: what :func:`merge_shards`
+    needs to check a shard against the others and assemble the whole sweep."""
+    listed = [
+        {
+            "model": name,
+            "fold": fold,
+            "seed": seed,
+            "scale": scale,
+            "stem": cell_stem(cell["key"]),
+        }
+        for (name, fold, seed, scale), cell in sorted(cells.items())
+    ]
+    provenance.update(
+        status="shard",
+        shard={"index": shard[0], "count": shard[1]},
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        model_ids=list(model_ids),
+        folds=list(folds),
+        seeds=list(seeds),
+        context=context,
+        entries=[_entry_json(e) for _, e in sorted(model_info.items())],
+        shard_cells=listed,
+    )
+    atomic_write_json(out / "provenance.json", provenance)
+    atomic_write_json(out / SHARD_MANIFEST, {"format": SHARD_FORMAT, **provenance})
+
+
+def _cell_label(model: str, size_px: int, fold: int, seed: int) -> str:
+    return f"{model} {size_px}px fold {fold} seed {seed}"
+
+
+def _some(labels: Sequence[str], limit: int = 4) -> str:
+    more = len(labels) - limit
+    return ", ".join(labels[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / SHARD_MANIFEST
+    if not path.is_file():
+        raise ResultsError(
+            f"{folder} holds no {SHARD_MANIFEST}; give the --out folders of finished "
+            "`lowres sweep --shard i/n` runs"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ResultsError(f"{path} is unreadable; rerun that shard's sweep") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != SHARD_FORMAT:
+        raise ResultsError(f"{path} is not a {SHARD_FORMAT} manifest; rerun that shard's sweep")
+    return manifest
+
+
+def _comparable(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal across the shards of one sweep."""
+    return {
+        "settings": manifest["settings"],
+        "config": {k: v for k, v in manifest["config"].items() if k not in RUNTIME_KEYS},
+        "shard count": manifest["shard"]["count"],
+        "grid": manifest["grid"],
+        "fars": manifest["fars"],
+        "models": manifest["model_ids"],
+        "folds": manifest["folds"],
+        "seeds": manifest["seeds"],
+        "context": manifest["context"],
+    }
+
+
+def _config_from_json(data: dict[str, Any]) -> SweepConfig:
+    """Inverse of :meth:`SweepConfig.to_json` (lists back to tuples, paths back to Paths)."""
+    fields = {f.name for f in dataclasses.fields(SweepConfig)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ResultsError(
+            f"shard config has unknown settings {unknown}; merge with the lowres version that "
+            "ran the shards"
+        )
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        if name in ("out", "model_cache", "save_baseline") and value is not None:
+            value = Path(value)
+        values[name] = value
+    return SweepConfig(**values)
+
+
+def merge_shards(
+    out: str | os.PathLike,
+    shard_dirs: Sequence[str | os.PathLike],
+    *,
+    plot: bool = True,
+    save_baseline: str | os.PathLike | None = None,
+    force: bool = False,
+) -> SweepResult:
+    """Join the folders of ``lowres sweep --shard i/n`` runs into one sweep folder.
+
+    Checks that every folder was made with the same settings and sweep config (everything but
+    :data:`RUNTIME_KEYS`) and that together they hold every cell exactly once; copies the cells
+    into ``out/cells`` and assembles them as :func:`run_sweep` does (same function), so
+    ``results.csv`` is byte-identical to an unsharded sweep's. Provenance records each shard.
+
+    Raises:
+        ResultsError: a folder without a shard manifest, shards that disagree, a missing or
+            duplicate cell, a cell file missing from its shard, or ``out`` holding a sweep with
+            other settings (and not ``force``). Nothing is written before these checks.
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    dirs = [Path(d) for d in shard_dirs]
+    if not dirs:
+        raise ResultsError("no shard folders given; use lowres merge OUT SHARD_DIR...")
+    if out.resolve() in {d.resolve() for d in dirs}:
+        raise ResultsError(f"{out} is one of the shard folders; merge into a new folder")
+    manifests = [_read_manifest(d) for d in dirs]
+    order = sorted(range(len(dirs)), key=lambda j: manifests[j]["shard"]["index"])
+    dirs = [dirs[j] for j in order]
+    manifests = [manifests[j] for j in order]
+    first = _comparable(manifests[0])
+    for folder, manifest in zip(dirs[1:], manifests[1:], strict=True):
+        other = _comparable(manifest)
+        if other != first:
+            diff = _describe_difference(first, other)
+            raise ResultsError(
+                f"{folder} was swept with other settings than {dirs[0]} ({diff}); merge only "
+                "shards of one sweep run with the same arguments"
+            )
+
+    head = manifests[0]
+    grid = [(float(s["scale"]), int(s["size_px"])) for s in head["grid"]]
+    size_of = dict(grid)
+    fars = tuple(float(f) for f in head["fars"])
+    folds = tuple(int(f) for f in head["folds"])
+    seeds = tuple(int(s) for s in head["seeds"])
+    count = int(head["shard"]["count"])
+    universe = shard_plan(head["model_ids"], folds, seeds, None)
+    expected = {
+        (name, fold, seed, scale)
+        for (fold, seed), names in universe.items()
+        for name in names
+        for scale, _ in grid
+    }
+
+    def label(coord):
+        return _cell_label(coord[0], size_of[coord[3]], coord[1], coord[2])
+
+    owner: dict[tuple[str, int, int, float], tuple[Path, str]] = {}
+    duplicates: dict[tuple[Path, Path], list[str]] = {}
+    for folder, manifest in zip(dirs, manifests, strict=True):
+        for item in manifest["shard_cells"]:
+            coord = (item["model"], int(item["fold"]), int(item["seed"]), float(item["scale"]))
+            if coord in owner:
+                duplicates.setdefault((owner[coord][0], folder), []).append(label(coord))
+            else:
+                owner[coord] = (folder, item["stem"])
+    if duplicates:
+        (a, b), labels = next(iter(duplicates.items()))
+        raise ResultsError(
+            f"{a} and {b} both hold cells {_some(labels)}; merge each shard's folder once"
+        )
+    missing = sorted(expected - set(owner))
+    if missing:
+        have = sorted({int(m["shard"]["index"]) for m in manifests})
+        absent = [i for i in range(1, count + 1) if i not in have]
+        hint = (
+            f" (no folder for shard {', '.join(f'{i}/{count}' for i in absent)})" if absent else ""
+        )
+        raise ResultsError(
+            f"{len(missing)} cells missing{hint}: {_some([label(c) for c in missing])}; give "
+            "every shard's folder, or finish the missing shard with lowres sweep --shard i/n"
+        )
+    unexpected = sorted(set(owner) - expected)
+    if unexpected:
+        raise ResultsError(
+            f"shard folders hold cells outside the sweep: {_some([label(c) for c in unexpected])}"
+            "; rerun those shards"
+        )
+
+    keys: dict[tuple[str, int, int, float], dict[str, Any]] = {}
+    fingerprint = head["settings"]
+    for coord, (folder, stem) in sorted(owner.items()):
+        src = folder / CELLS_DIR
+        try:
+            key = json.loads((src / f"{stem}.json").read_text(encoding="utf-8"))["key"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            key = None
+        index = next(
+            m["shard"]["index"] for d, m in zip(dirs, manifests, strict=True) if d == folder
+        )
+        if (
+            not isinstance(key, dict)
+            or read_cell(src, key) is None
+            or any(
+                key.get(k) != fingerprint[k] for k in ("data", "preset", "pairing", "degrade_hash")
+            )
+            or (key.get("model"), key.get("fold"), key.get("seed"), key.get("scale"))
+            != (coord[0], coord[1], coord[2], repr(coord[3]))
+        ):
+            raise ResultsError(
+                f"{folder} lacks a readable cell {label(coord)}; rerun lowres sweep with "
+                f"--shard {index}/{count} --out {folder} to recompute it"
+            )
+        keys[coord] = key
+
+    config = dataclasses.replace(
+        _config_from_json(head["config"]),
+        out=out,
+        shard=None,
+        force=force,
+        plot=plot,
+        save_baseline=None if save_baseline is None else Path(save_baseline),
+    )
+    prepare_out_dir(out, fingerprint, force=force)
+    cells_dir = out / CELLS_DIR
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cells_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    from lowres.atomic import atomic_write_bytes
+
+    provenance: dict[str, Any] = {
+        "settings": fingerprint,
+        "status": "merging",
+        "config": config.to_json(),
+        "dataset": head["dataset"],
+        "degradation": head["degradation"],
+        "versions": software_versions(),
+        "git_revision": git_revision(),
+        "seed": list(seeds),
+        "shards": [
+            {
+                "folder": str(folder),
+                "index": m["shard"]["index"],
+                "count": count,
+                "cells": len(m["shard_cells"]),
+                "device": m.get("inference", {}).get("device"),
+                "git_revision": m.get("git_revision"),
+                "versions": m.get("versions"),
+                "timings_s": m.get("timings_s"),
+                "config": {k: v for k, v in m["config"].items() if k in RUNTIME_KEYS},
+            }
+            for folder, m in zip(dirs, manifests, strict=True)
+        ],
+    }
+    atomic_write_json(out / "provenance.json", provenance)
+    t0 = time.perf_counter()
+    cells: dict[tuple[str, int, int, float], dict[str, Any]] = {}
+    for coord, (folder, stem) in sorted(owner.items()):
+        src = folder / CELLS_DIR
+        cell = read_cell(src, keys[coord])
+        # The NPZ first: a cell exists iff its JSON does.
+        atomic_write_bytes(cells_dir / cell["npz"], (src / cell["npz"]).read_bytes())
+        atomic_write_bytes(cells_dir / f"{stem}.json", (src / f"{stem}.json").read_bytes())
+        cells[coord] = read_cell(cells_dir, keys[coord])
+    timings: dict[str, float] = {"copy": time.perf_counter() - t0}
+
+    model_info = {item["name"]: _entry_from_json(item) for m in manifests for item in m["entries"]}
+    table, figures = _assemble_outputs(
+        out, cells, model_info, grid, folds, seeds, fars, head["context"], config, timings
+    )
+    timings["total"] = time.perf_counter() - t_start
+    provenance.update(
+        status="complete",
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        cells={"merged": len(cells), "computed": 0, "reused": len(cells)},
+        **_table_provenance(model_info, grid, fars, config),
+    )
+    atomic_write_json(out / "provenance.json", provenance)
+    return SweepResult(
+        out=out, table=table, computed=0, reused=len(cells), timings=timings, figures=figures
+    )
 
 
 # --------------------------------------------------------------------------------------------
