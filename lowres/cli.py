@@ -302,8 +302,7 @@ def _bad(ctx, name: str, exc: Exception):
 @click.option(
     "--folds",
     default=None,
-    help="Identity-disjoint test folds, pooled (default: all 4 ORL folds for the "
-    "builtin default dataset, else 0).",
+    help="Identity-disjoint test folds, pooled, e.g. 0,1,2,3 for all of ORL (default: 0).",
 )
 @click.option(
     "--seeds",
@@ -441,7 +440,7 @@ def sweep_cmd(
         folds=(
             parsed("folds", S.parse_int_list, folds, "--folds")
             if folds is not None
-            else (S.DEFAULT_FOLDS if data is None else (0,))
+            else S.DEFAULT_FOLDS
         ),
         seeds=parsed("seeds", S.parse_int_list, seeds, "--seeds"),
         device=device,
