@@ -15,44 +15,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_sweep import cli, tiny_config
 
 from lowres import sweep as S
 from lowres.errors import ConfigError, ResultsError
 
-TINY = (40, 4, 12, 4, (28, 24), (56, 48), 1)
-MODELS = ("SM", "SM+R(0.01)")
 SCALES = (1.0, 0.5)
 OUTPUTS = ("results.csv", "roc.csv", "norms.csv")
 
 
 def _config(out: Path, cache: Path, **changes) -> S.SweepConfig:
-    from lowres.data import synthetic
-
-    synthetic.PRESETS["tinytest"] = synthetic.SynthPreset(*TINY)
-    base = S.SweepConfig(
-        models=MODELS,
-        scales=SCALES,
-        data="synth",
-        preset="tinytest",
-        fars=(1e-2, 1e-1),
-        epochs=1,
-        device="cpu",
-        batch_size=64,
-        out=out,
-        model_cache=cache,
-        n_boot=200,
-        plot=False,
-        jobs=1,
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def _cli(args):
-    from click.testing import CliRunner
-
-    from lowres.cli import cli
-
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
+    return tiny_config(out, cache, SCALES, **changes)
 
 
 def _models_in(cache: Path) -> int:
@@ -92,7 +65,7 @@ def test_merged_equals_unsharded(runs, tmp_path):
     _, whole, shards = runs
     out = tmp_path / "merged"
     # Shard folders in any order on the command line.
-    result = _cli(["merge", str(out), str(shards[1][0].out), str(shards[0][0].out), "--no-plot"])
+    result = cli(["merge", str(out), str(shards[1][0].out), str(shards[0][0].out), "--no-plot"])
     assert result.exit_code == 0, result.output
     assert "merged 6 cells from 2 shard folders" in result.output
     for name in OUTPUTS:
@@ -129,7 +102,7 @@ def test_missing_shard_is_named(runs, tmp_path):
     assert "SM+R(0.01) 24px fold 0 seed 0" in str(exc.value)
     assert "\n" not in str(exc.value)
     assert not out.exists()
-    result = _cli(["merge", str(out), str(shards[0][0].out)])
+    result = cli(["merge", str(out), str(shards[0][0].out)])
     assert result.exit_code == 2 and result.output.count("\n") == 1
 
 
@@ -190,7 +163,7 @@ def test_rerun_of_a_shard_reuses_its_cells(runs, tmp_path):
 def test_bad_shard_exits_2(bad, tmp_path):
     args = ["sweep", "--models", "SM", "--data", "synth", "--preset", "tinytest"]
     args += ["--out", str(tmp_path / "out"), "--no-plot", "--shard", bad]
-    result = _cli(args)
+    result = cli(args)
     assert result.exit_code == 2, result.output
     assert "--shard" in result.output
     assert not (tmp_path / "out").exists()
@@ -198,7 +171,7 @@ def test_bad_shard_exits_2(bad, tmp_path):
 
 def test_shard_with_baseline_is_a_usage_error(tmp_path):
     args = ["sweep", "--models", "SM", "--out", str(tmp_path / "out"), "--shard", "1/2"]
-    result = _cli([*args, "--save-baseline", str(tmp_path / "b.csv")])
+    result = cli([*args, "--save-baseline", str(tmp_path / "b.csv")])
     assert result.exit_code == 2 and "merge" in result.output
     with pytest.raises(ConfigError, match="baseline"):
         S.run_sweep(_config(tmp_path / "o", tmp_path / "c", shard=(1, 2), save_baseline="b.csv"))

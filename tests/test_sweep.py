@@ -21,44 +21,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_sweep import MODELS, PRESET_SNIPPET, cli, register_preset, tiny_config
 
 from lowres import sweep as S
 from lowres.errors import ConfigError, ResultsError
 from lowres.results import KEY_COLUMNS, read_table
 
-TINY = (40, 4, 12, 4, (28, 24), (56, 48), 1)
-MODELS = ("SM", "SM+R(0.01)")
 SCALES = (1.0, 0.5, 0.25)
-
-PRESET_SNIPPET = (
-    f"from lowres.data import synthetic as _sy\n_sy.PRESETS['tinytest'] = _sy.SynthPreset{TINY!r}\n"
-)
-
-
-def _register_preset() -> None:
-    from lowres.data import synthetic
-
-    synthetic.PRESETS["tinytest"] = synthetic.SynthPreset(*TINY)
 
 
 def _config(out: Path, cache: Path, **changes) -> S.SweepConfig:
-    base = S.SweepConfig(
-        models=MODELS,
-        scales=SCALES,
-        data="synth",
-        preset="tinytest",
-        fars=(1e-2, 1e-1),
-        epochs=1,
-        device="cpu",
-        batch_size=64,
-        out=out,
-        model_cache=cache,
-        n_boot=200,
-        plot=False,
-        # Spawned training workers would not see the test-only preset registered above.
-        jobs=1,
-    )
-    return dataclasses.replace(base, **changes)
+    return tiny_config(out, cache, SCALES, **changes)
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
@@ -73,7 +46,7 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 def reference(tmp_path_factory):
     """One uninterrupted sweep: (config, result, model cache)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    _register_preset()
+    register_preset()
     root = tmp_path_factory.mktemp("sweep")
     cache = root / "models"
     config = _config(root / "ref", cache)
@@ -185,14 +158,6 @@ def test_interrupted_sweep_resumes_to_the_same_table(reference, tmp_path, sig):
     assert (out / "results.csv").read_bytes() == (config.out / "results.csv").read_bytes()
 
 
-def _cli(args):
-    from click.testing import CliRunner
-
-    from lowres.cli import cli
-
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
-
-
 @pytest.mark.parametrize(
     "extra",
     [
@@ -215,7 +180,7 @@ def test_bad_input_exits_2_and_keeps_results(reference, tmp_path, extra):
     args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", ",".join(MODELS)]
     args += ["--scales", "1,0.5,0.25", "--far", "1e-2,1e-1", "--epochs", "1"]
     args += ["--out", str(out), "--model-cache", str(cache), "--no-plot", *extra]
-    result = _cli(args)
+    result = cli(args)
     assert result.exit_code == 2, result.output
     assert "Error" in result.output
     assert _tree_digest(out) == before
