@@ -193,3 +193,40 @@ def test_down_up_and_sheets(tmp_path):
 def test_bad_input_raises_config_error(call):
     with pytest.raises(ConfigError):
         call()
+
+
+def test_preset_knob_overrides_render_as_the_knobs_do():
+    from lowres.data.synthetic import DEFAULT_KNOBS, make_split, parse_preset
+
+    assert parse_preset(None) == ("cpu", {})
+    assert parse_preset("cpu: texture_cycles=2 , marks=1") == (
+        "cpu",
+        {"texture_cycles": 2.0, "marks": 1},
+    )
+    small = dict(num_identities=3, images_per_identity=2)
+    via_preset = make_split("test", "cpu:texture_cycles=2", 0, 0, **small)
+    via_knobs = make_split(
+        "test", "cpu", 0, 0, knobs=DEFAULT_KNOBS.with_(texture_cycles=2.0), **small
+    )
+    default = make_split("test", "cpu", 0, 0, **small)
+    assert torch.equal(via_preset.images, via_knobs.images)
+    assert not torch.equal(via_preset.images, default.images)
+    assert via_preset.knobs.texture_cycles == 2.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "gpx",
+        "cpu:foo=1",
+        "cpu:texture_cycles=x",
+        "cpu:marks=2.5",
+        "cpu:marks",
+        "cpu:marks=1,marks=2",
+    ],
+)
+def test_bad_preset_strings_are_config_errors(bad):
+    from lowres.data.synthetic import parse_preset
+
+    with pytest.raises(ConfigError):
+        parse_preset(bad)

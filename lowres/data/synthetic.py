@@ -71,6 +71,8 @@ __all__ = [
     "image_keys",
     "load_synth",
     "make_split",
+    "parse_preset",
+    "preset_knobs",
     "render",
     "render_faces",
     "sample_identities",
@@ -1085,6 +1087,7 @@ def make_split(
         SynthSplit with identity-major images.
     """
     pre = PRESETS[_check_preset(preset)]
+    knobs = preset_knobs(preset, knobs)
     seed = _check_seed(seed)
     if split not in ("train", "test"):
         raise ConfigError(f"synth split must be 'train' or 'test', got {split!r}")
@@ -1136,7 +1139,8 @@ def load_synth(
     """
     from lowres.data.dataset import FaceDataset
 
-    preset = _check_preset(preset)
+    preset = "cpu" if preset is None else str(preset).strip()
+    _check_preset(preset)
     s = make_split(split, preset, seed, fold, **kwargs)
     meta = {
         "source": "procedural (lowres.data.synthetic)",
@@ -1202,6 +1206,7 @@ def _sheet_images(
     channels: int | None,
 ) -> torch.Tensor:
     pre = PRESETS[_check_preset(preset)]
+    knobs = preset_knobs(preset, knobs)
     size = pre.size if size is None else _check_size(size, "size")
     render_size = pre.render_size if size == pre.size else size
     return render_faces(
@@ -1215,11 +1220,55 @@ def _sheet_images(
     )
 
 
+def parse_preset(preset: str | None) -> tuple[str, dict[str, float | int]]:
+    """A preset name with optional generator-knob overrides -> (name, overrides).
+
+    ``"cpu"`` -> ``("cpu", {})``; ``"cpu:texture_cycles=4,family_spread=0.4"`` ->
+    ``("cpu", {"texture_cycles": 4.0, "family_spread": 0.4})``. The whole string is what
+    training and sweeps record and hash, so every knob setting caches its own models and cells.
+
+    Raises:
+        ConfigError: unknown preset or knob, or a value that is not a number.
+    """
+    text = "cpu" if preset is None else str(preset).strip()
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if name not in PRESETS:
+        raise ConfigError(f"unknown synth preset {name!r}; valid: {sorted(PRESETS)}")
+    known = {f.name: f for f in fields(SynthKnobs)}
+    overrides: dict[str, float | int] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or key not in known:
+            raise ConfigError(
+                f"synth preset {text!r}: {part!r} is not KNOB=NUMBER with a knob from "
+                f"{sorted(known)}, e.g. 'cpu:texture_cycles=4'"
+            )
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"synth preset {text!r}: {key}={value!r} is not a number, e.g. {key}=4"
+            ) from None
+        if isinstance(known[key].default, int) and not isinstance(known[key].default, bool):
+            if number != int(number):
+                raise ConfigError(f"synth preset {text!r}: {key} must be an integer")
+            number = int(number)
+        if key in overrides:
+            raise ConfigError(f"synth preset {text!r} sets {key} twice; keep one")
+        overrides[key] = number
+    DEFAULT_KNOBS.with_(**overrides)  # value ranges checked here, once
+    return name, overrides
+
+
+def preset_knobs(preset: str | None, knobs: SynthKnobs = DEFAULT_KNOBS) -> SynthKnobs:
+    """``knobs`` with the overrides written in ``preset`` (see :func:`parse_preset`)."""
+    return knobs.with_(**parse_preset(preset)[1])
+
+
 def _check_preset(preset: str | None) -> str:
-    preset = "cpu" if preset is None else preset
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown synth preset {preset!r}; valid: {sorted(PRESETS)}")
-    return preset
+    """The preset's size name (``"cpu"`` of ``"cpu:texture_cycles=4"``), validated."""
+    return parse_preset(preset)[0]
 
 
 def identity_sheet(
