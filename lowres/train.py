@@ -86,6 +86,8 @@ STATE_VERSION = 1
 # Fields that say how a run executes, not what it trains: they are left out of the config hash
 # so a model trained on a GPU or with more threads is found in the sweep's cache.
 _EXECUTION_FIELDS = ("device", "num_threads", "amp")
+_LATE_FIELDS = {"train_split": "fold"}
+TRAIN_SPLITS = ("fold", "all")
 TRAIN_FORMAT = 2
 """Version of the training recipe in :meth:`TrainConfig.hash` (2: per-image augmentation seeds)."""
 
@@ -120,6 +122,9 @@ class TrainConfig:
         model: registry name (``lowres.models.list_models()``).
         data: ``"orl"``, ``"synth"``, another builtin name, or a manifest path.
         fold: which identity-disjoint fold is held out (its test identities are not trained).
+        train_split: ``"fold"`` (train on the identities outside ``fold``) or ``"all"`` (train
+            on the whole dataset, e.g. CASIA-WebFace when the test set is another dataset such
+            as LFW; synth/mnist: their whole training part). ``fold`` is ignored with ``"all"``.
         preset: dataset preset (e.g. ``"cpu"`` for synth); None -> the dataset's default.
         split_seed: seed of the identity folds; kept apart from ``seed`` so every method and
             training seed holds out the same identities.
@@ -157,6 +162,7 @@ class TrainConfig:
     model: str = "cpunet"
     data: str = "synth"
     fold: int = 0
+    train_split: str = "fold"
     preset: str | None = None
     split_seed: int = 0
     epochs: int | None = None
@@ -196,6 +202,10 @@ class TrainConfig:
             _check_int("epochs", self.epochs, 1)
         _check_int("batch_size", self.batch_size, 2)
         _check_int("fold", self.fold, 0)
+        if self.train_split not in TRAIN_SPLITS:
+            raise ConfigError(
+                f"train_split must be one of {', '.join(TRAIN_SPLITS)}, got {self.train_split!r}"
+            )
         for name in ("lr", "momentum", "weight_decay", "lr_gamma"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -233,6 +243,11 @@ class TrainConfig:
         """Stable 16-hex digest of the canonical JSON of everything but the execution fields
         (device, num_threads, amp), for caching trained models."""
         values = {k: v for k, v in self.to_dict().items() if k not in _EXECUTION_FIELDS}
+        # Fields added after TRAIN_FORMAT 2 enter the hash only when set, so models cached
+        # before they existed keep their hash (their weights do not depend on them).
+        for key, default in _LATE_FIELDS.items():
+            if values.get(key) == default:
+                del values[key]
         # The training code's version: bump it whenever the same config would train different
         # weights (e.g. a changed augmentation stream), so stale cached models are not reused.
         values["_format"] = TRAIN_FORMAT
@@ -748,8 +763,18 @@ def _param_groups(model: nn.Module, loss: nn.Module, config: TrainConfig) -> lis
 
 
 def _load_split(config: TrainConfig) -> tuple[Any, Any]:
-    from lowres.data import get_split
+    """(train, held-out) sets; with ``train_split="all"`` the held-out set is empty."""
+    import torch
 
+    from lowres.data import get_split, load_dataset
+    from lowres.data.registry import has_own_split
+
+    if config.train_split == "all":
+        if has_own_split(config.data):
+            train = get_split(config.data, fold=0, seed=config.split_seed, preset=config.preset)[0]
+        else:
+            train = load_dataset(config.data, seed=config.split_seed, preset=config.preset)
+        return train, train.subset(torch.zeros(0, dtype=torch.int64))
     return get_split(config.data, fold=config.fold, seed=config.split_seed, preset=config.preset)
 
 

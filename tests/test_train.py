@@ -409,3 +409,17 @@ def test_default_lr_follows_the_model_family():
     assert TrainConfig(method="SM", model="cpunet").lr == 0.05
     # Resolving the default does not change the identity of a config that spelled it out.
     assert TrainConfig(method="SM").hash() == TrainConfig(method="SM", lr=0.05).hash()
+
+
+def test_train_split_all_keeps_old_hashes_and_trains_on_everything():
+    from lowres.train import TrainConfig, _load_split
+
+    # Models cached before train_split existed keep their hash (this one is from TRAIN_FORMAT 2).
+    assert TrainConfig(method="SM", data="orl", fold=0, seed=0).hash() == "b4e67a8eb643b579"
+    whole = TrainConfig(method="SM", data="orl", train_split="all")
+    assert whole.hash() != TrainConfig(method="SM", data="orl").hash()
+    train, held_out = _load_split(whole)
+    assert train.images.shape[0] == 400 and train.num_identities == 40
+    assert held_out.images.shape[0] == 0
+    with pytest.raises(ConfigError, match="train_split"):
+        TrainConfig(method="SM", train_split="some")
