@@ -338,6 +338,20 @@ def _bad(ctx, name: str, exc: Exception):
     "--backbone", default=None, help="Network of on-demand models, e.g. sphere20 (default: cpunet)."
 )
 @click.option(
+    "--train-data",
+    default=None,
+    help="Dataset the on-demand models train on, whole (e.g. casia_webface for an LFW test); "
+    "default: the test dataset's other folds.",
+)
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    metavar="NAME=METHOD[;key=value...]",
+    help="A named training variant to list in --models (repeatable), e.g. "
+    "'SM+aug=SM;augment_resolution=true'; keys are lowres train settings.",
+)
+@click.option(
     "--model-cache",
     type=click.Path(file_okay=False),
     default=None,
@@ -385,6 +399,8 @@ def sweep_cmd(
     force,
     epochs,
     backbone,
+    train_data,
+    variants,
     model_cache,
     critical,
     save_baseline,
@@ -424,8 +440,9 @@ def sweep_cmd(
     if shard_value is not None and save_baseline:
         raise click.UsageError("--save-baseline needs the whole sweep; give it to lowres merge")
     model_list = tuple(models) if models is not None else S.DEFAULT_MODELS
+    variant_map = dict(parsed("variants", S.parse_variant, v) for v in variants) or None
     try:
-        S.resolve_models(model_list)
+        S.resolve_models(model_list, variant_map)
     except (ConfigError, CheckpointError) as exc:
         raise _bad(ctx, "models", exc) from None
     config = S.SweepConfig(
@@ -449,6 +466,8 @@ def sweep_cmd(
         force=force,
         epochs=epochs,
         backbone=backbone,
+        train_data=train_data,
+        variants=variant_map,
         model_cache=Path(model_cache) if model_cache else None,
         critical_tar=crit_tar,
         critical_far=crit_far,
@@ -583,7 +602,15 @@ def export_cmd(ckpt_dir, out) -> None:
     help="Models trained in parallel, one torch thread each (default: the study's).",
 )
 @click.option("--force", is_flag=True, help="Replace a sweep folder made with other settings.")
-def run_cmd(study_file, list_only, out, jobs, force) -> None:
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a setting of the study file (repeatable), e.g. --set train.data=my_faces "
+    "--set sweep.folds=[0].",
+)
+def run_cmd(study_file, list_only, out, jobs, force, settings) -> None:
     """Run a study (experiments/NAME.toml): train what it needs, evaluate, draw its figures."""
     from lowres.study import list_studies, load_study, run_study
 
@@ -596,7 +623,7 @@ def run_cmd(study_file, list_only, out, jobs, force) -> None:
         return
     if study_file is None:
         raise click.UsageError("give a study file (experiments/NAME.toml) or --list")
-    study = load_study(study_file)
+    study = load_study(study_file, overrides=settings)
     result = run_study(study, out=out, jobs=jobs, force=force)
     click.echo(result.summary)
     click.echo(

@@ -46,10 +46,18 @@ _GREY = (0.45, 0.45, 0.45)
 # --------------------------------------------------------------------------------------------
 
 
-def _family(method: str) -> tuple[str, bool]:
-    """(family name, is_ring) of a method string; unknown strings are their own family."""
+def _family(method: str, model: str | None = None) -> tuple[str, bool]:
+    """(family name, is_ring) of a model; unknown method strings are their own family.
+
+    A training variant named ``<method><suffix>`` (``SM+aug``, ``SM+R(0.01)+aug``) belongs to
+    the family ``<base><suffix>`` (``SM+aug``), so a variant gets its own hue and its +R model
+    pairs with the base loss trained the same way, as the Ring margin does.
+    """
     if method == PIXELS:
         return PIXELS, False
+    suffix = ""
+    if model is not None and model != method and model.startswith(method):
+        suffix = model[len(method) :]
     try:
         from lowres.methods import parse_method
 
@@ -60,7 +68,7 @@ def _family(method: str) -> tuple[str, bool]:
     base = spec.__class__(
         head=spec.head, head_args=spec.head_args, aux=tuple(a for a in spec.aux if a[0] != "R")
     )
-    return str(base), ring
+    return str(base) + suffix, ring
 
 
 def _shade(rgb: Sequence[float], lightness: float) -> tuple[float, float, float]:
@@ -77,7 +85,7 @@ def model_styles(models: pd.DataFrame) -> dict[str, dict]:
     import seaborn as sns
 
     pairs = models.drop_duplicates("model").sort_values("model")
-    fam_of = {m: _family(meth) for m, meth in zip(pairs["model"], pairs["method"], strict=True)}
+    fam_of = {m: _family(meth, m) for m, meth in zip(pairs["model"], pairs["method"], strict=True)}
     families = sorted({f for f, _ in fam_of.values() if f != PIXELS})
     palette = sns.color_palette("tab10", 10)
     palette = [c for i, c in enumerate(palette) if i != 7]  # tab10 grey is for the reference
@@ -196,8 +204,10 @@ def _fmt_far(far: float) -> str:
 
 
 def figure_tar_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
-    """Figure 1 from primary rows (``tar`` metric)."""
-    tar = prim[prim["metric"] == "tar"]
+    """Figure 1 from primary rows: ``tar_mean`` (several seeds: seed mean with an identity +
+    seed bootstrap band) where the table has it, else ``tar`` (Clopper-Pearson bands)."""
+    has_mean = bool((prim["metric"] == "tar_mean").any())
+    tar = prim[prim["metric"] == ("tar_mean" if has_mean else "tar")]
     fars = sorted(tar["far"].unique())
     if not fars:
         raise ResultsError("no TAR rows to plot; the results table is empty")
@@ -239,7 +249,14 @@ def figure_tar_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
     axes[0][0].set_ylabel("verification rate (TAR)")
     _legend(fig, axes, styles)
     fig.suptitle(
-        "Verification rate vs probe resolution\n(bands: 95% Clopper-Pearson)\n" + _caption(prim),
+        "Verification rate vs probe resolution\n(bands: "
+        + (
+            "seed mean, 95% bootstrap over identities and seeds"
+            if has_mean
+            else "95% Clopper-Pearson"
+        )
+        + ")\n"
+        + _caption(prim),
         fontsize=10,
     )
     return fig

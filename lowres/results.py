@@ -42,7 +42,9 @@ Row kinds, by metric (direction for ``lowres check`` in brackets: + higher is be
   ``critical_size_px`` [-] (smallest face width from which every larger tested width reaches
   the target TAR at the target FAR; empty when none does);
 * ``ring_margin`` (per +R model, scale and FAR): TAR(model) - TAR(reference) with a paired
-  bootstrap interval over test identities (and seeds).
+  bootstrap interval over test identities (and seeds);
+* ``tar_mean`` [+] (per model, scale and FAR, sweeps with several seeds only; seed empty): the seed
+  mean of ``tar`` with a bootstrap interval over test identities and seeds.
 
 Everything a reader needs to reproduce a number sits in ``provenance.json`` beside the table.
 Writes go to a temporary file in the same folder and are moved into place with ``os.replace``,
@@ -107,7 +109,7 @@ KEY_COLUMNS: tuple[str, ...] = (
 """Columns that identify a row; ``lowres check`` joins a table and a baseline on these."""
 
 HIGHER_IS_BETTER = frozenset(
-    {"tar", "auc", "dprime", "accuracy", "genuine_cos_mean", "resolution_auc"}
+    {"tar", "tar_mean", "auc", "dprime", "accuracy", "genuine_cos_mean", "resolution_auc"}
 )
 LOWER_IS_BETTER = frozenset({"eer", "critical_size_px"})
 METRICS = (
@@ -128,6 +130,7 @@ METRICS = (
     "resolution_auc",
     "critical_size_px",
     "ring_margin",
+    "tar_mean",
 )
 
 _INT_COLUMNS = ("size_px", "fold", "seed", "n_genuine", "n_impostor")
@@ -437,3 +440,102 @@ def critical_size(sizes_px: Sequence[float], values: Sequence[float], target: fl
             break
         best = float(x[i])
     return best
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+
+def paper_table_markdown(
+    frame: pd.DataFrame,
+    *,
+    models: Sequence[str] | None = None,
+    digits_note: bool = True,
+) -> str:
+    """The results in the paper's layout: one markdown table per probe width, methods x FAR,
+    each cell ``TAR [95% interval]`` in percent, then the Ring-loss margins the same way.
+
+    Uses ``tar_mean`` rows (seed mean, identity + seed bootstrap interval) where the table has
+    them, else the primary ``tar`` rows (Clopper-Pearson; several seeds averaged).
+
+    Args:
+        frame: a sweep's results table.
+        models: row order (default: the table's models, ``pixels`` last).
+        digits_note: end with a line saying what the numbers are.
+
+    Returns:
+        Markdown text.
+    """
+    prim = primary_rows(frame)
+    has_mean = (prim["metric"] == "tar_mean").any()
+    metric = "tar_mean" if has_mean else "tar"
+    tar = prim[prim["metric"] == metric]
+    margin = prim[prim["metric"] == "ring_margin"]
+    if tar.empty:
+        raise ResultsError("no TAR rows in the table; nothing to tabulate")
+    order = list(models) if models is not None else sorted(tar["model"].unique())
+    order = [m for m in order if m in set(tar["model"])]
+    order += sorted(set(tar["model"]) - set(order) - {"pixels"})
+    if "pixels" in set(tar["model"]) and "pixels" not in order:
+        order.append("pixels")
+    fars = sorted(tar["far"].dropna().unique())
+    sizes = sorted(tar["size_px"].dropna().astype(int).unique(), reverse=True)
+    width = max(sizes)
+    dataset = ", ".join(sorted(tar["dataset"].astype(str).unique()))
+    lines = []
+
+    def cell(rows: pd.DataFrame) -> str:
+        if rows.empty:
+            return "-"
+        r = rows.iloc[0]
+        return f"{_pct(r['value'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"
+
+    header = "| method | " + " | ".join(f"TAR@FAR {f:g}" for f in fars) + " |"
+    rule = "|---|" + "---|" * len(fars)
+    for size in sizes:
+        at = tar[tar["size_px"] == size]
+        scale = float(at["scale"].iloc[0])
+        pairs = int(at["n_genuine"].max()), int(at["n_impostor"].max())
+        lines.append(
+            f"#### {dataset}: probes {size} px wide (scale {scale:g} of {width} px); "
+            f"{pairs[0]:,} genuine / {pairs[1]:,} impostor pairs"
+        )
+        lines += ["", header, rule]
+        for model in order:
+            mine = at[at["model"] == model]
+            cells = [cell(mine[np.isclose(mine["far"], f)]) for f in fars]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+        mar = margin[margin["size_px"] == size]
+        if not mar.empty:
+            lines += [
+                "| Ring margin (TAR points) | " + " | ".join(f"FAR {f:g}" for f in fars) + " |",
+                rule,
+            ]
+            for model in [m for m in order if m in set(mar["model"])]:
+                mine = mar[mar["model"] == model]
+                ref = str(mine["reference"].iloc[0])
+                cells = []
+                for f in fars:
+                    row = mine[np.isclose(mine["far"], f)]
+                    if row.empty:
+                        cells.append("-")
+                        continue
+                    r = row.iloc[0]
+                    sign = "+" if r["value"] > 0 else ""
+                    excl = r["ci_low"] > 0 or r["ci_high"] < 0
+                    text = f"{sign}{_pct(r['value'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"
+                    cells.append(f"**{text}**" if excl else text)
+                lines.append(f"| {model} - {ref} | " + " | ".join(cells) + " |")
+            lines.append("")
+    if digits_note:
+        what = (
+            "seed mean, 95% bootstrap over test identities and seeds"
+            if has_mean
+            else "95% Clopper-Pearson interval"
+        )
+        lines.append(
+            f"TAR in percent, [{what}]. Margins: +R model minus its base loss, paired bootstrap "
+            "95% interval over test identities (and seeds); bold where the interval excludes 0."
+        )
+    return "\n".join(lines) + "\n"

@@ -150,6 +150,13 @@ class SweepConfig:
             owns the device. Does not change any number, only the wall time.
         shard: ``(i, n)``: compute only shard i of n (see :func:`shard_plan`) and write a
             shard manifest instead of the table; :func:`merge_shards` joins the shards.
+        variants: named training variants, model id -> ``{"method": paper notation, **TrainConfig
+            overrides}``; a model id in ``models`` found here is trained with its overrides
+            (e.g. ``{"SM+aug": {"method": "SM", "augment_resolution": True}}``). A ``+R``
+            variant's Ring margin is taken against the base loss with the same overrides.
+        train_data: dataset the on-demand models train on, whole (``train_split="all"``, one
+            model per seed for every test fold), e.g. CASIA-WebFace for an LFW test; None:
+            each test fold's model trains on the other identities of ``data``.
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -177,6 +184,8 @@ class SweepConfig:
     save_baseline: Path | None = None
     jobs: int | None = None
     shard: tuple[int, int] | None = None
+    variants: dict[str, dict] | None = None
+    train_data: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form for provenance."""
@@ -197,6 +206,7 @@ class ModelEntry:
             ``"torchscript"`` or ``"onnx"``, for an external model).
         source: the method name, checkpoint folder or external-model entry given by the user.
         spec: parsed MethodSpec (None for pixels).
+        train: TrainConfig overrides of a named variant (``SweepConfig.variants``), else empty.
     """
 
     name: str
@@ -204,6 +214,7 @@ class ModelEntry:
     method: str
     source: str
     spec: Any = None
+    train: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -314,7 +325,65 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
-def resolve_models(models: Sequence[str]) -> list[ModelEntry]:
+# Training settings a variant may not override: the sweep owns them (or they only choose how
+# to run, not what is trained).
+_VARIANT_RESERVED = ("method", "data", "fold", "seed", "preset", "split_seed", "train_split")
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME=METHOD[;key=value...]`` (the CLI's ``--variant``) -> (NAME, {"method": ..., ...}).
+
+    Values are JSON where they parse (``true``, ``4``, ``[0.0625, 1]``), else strings:
+    ``"SM+aug=SM;augment_resolution=true"``.
+
+    Raises:
+        ConfigError: no ``=``, an empty name or method, or a setting without ``=``.
+    """
+    name, eq, rest = (p.strip() for p in str(text).partition("="))
+    parts = [p.strip() for p in rest.split(";")]
+    if not eq or not name or not parts[0]:
+        raise ConfigError(
+            f"variant {text!r} is not NAME=METHOD[;key=value...], e.g. "
+            "'SM+aug=SM;augment_resolution=true'"
+        )
+    values: dict[str, Any] = {"method": parts[0]}
+    for part in filter(None, parts[1:]):
+        key, eq, value = (p.strip() for p in part.partition("="))
+        if not eq or not key:
+            raise ConfigError(f"variant {name!r}: {part!r} is not key=value")
+        try:
+            values[key] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key] = value
+    return name, values
+
+
+def _variant_entry(name: str, values: Any) -> ModelEntry:
+    from lowres.methods import parse_method
+    from lowres.train import TrainConfig
+
+    if not isinstance(values, dict) or "method" not in values:
+        raise ConfigError(f"variant {name!r} needs a method, e.g. {{method = 'SM'}}")
+    train = {k: v for k, v in values.items() if k != "method"}
+    reserved = sorted(set(train) & set(_VARIANT_RESERVED))
+    if reserved:
+        raise ConfigError(
+            f"variant {name!r} sets {reserved[0]!r}, which the sweep sets for every model; "
+            "drop it from the variant"
+        )
+    spec = parse_method(str(values["method"]))
+    # Unknown keys and bad values fail here, before anything is trained.
+    TrainConfig.from_dict({**train, "method": str(spec)})
+    if name.lower() == PIXELS or _looks_like_path(name):
+        raise ConfigError(f"variant name {name!r} is reserved or looks like a path; rename it")
+    return ModelEntry(
+        name=name, kind="method", method=str(spec), source=name, spec=spec, train=train
+    )
+
+
+def resolve_models(
+    models: Sequence[str], variants: dict[str, dict] | None = None
+) -> list[ModelEntry]:
     """Method names / checkpoint paths / external models -> entries, validated before anything
     runs.
 
@@ -333,8 +402,15 @@ def resolve_models(models: Sequence[str]) -> list[ModelEntry]:
     names = [str(m).strip() for m in models if str(m).strip()]
     if not names:
         raise ConfigError("no models given; use e.g. --models SM,SM+R(0.01) or checkpoint paths")
+    variants = dict(variants or {})
+    unused = sorted(set(variants) - set(names))
+    if unused:
+        raise ConfigError(f"variant {unused[0]!r} is not in the model list; add it to --models")
     entries: list[ModelEntry] = []
     for text in names:
+        if text in variants:
+            entries.append(_variant_entry(text, variants[text]))
+            continue
         if text.lower() == PIXELS:
             raise ConfigError(
                 "'pixels' is always scored as the reference; leave it out of --models"
@@ -923,16 +999,18 @@ def _train_config(entry: ModelEntry, config: SweepConfig, fold: int, seed: int):
         "fold": fold,
         "seed": seed,
     }
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    if config.preset is not None and "preset" in names:
+    if config.train_data is not None:
+        # One model per seed, trained on the whole training dataset, for every test fold.
+        kwargs.update(data=str(config.train_data), fold=0, train_split="all")
+    elif config.preset is not None:
         kwargs["preset"] = config.preset
     if config.epochs is not None:
         kwargs["epochs"] = int(config.epochs)
     if config.backbone is not None:
         kwargs["model"] = config.backbone
-    if "device" in names:
-        kwargs["device"] = config.device
-    return TrainConfig(**kwargs)
+    kwargs["device"] = config.device
+    kwargs.update(entry.train)
+    return TrainConfig.from_dict(kwargs)
 
 
 def trained_checkpoint(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> Path:
@@ -983,13 +1061,18 @@ def pretrain_models(
     Each model is trained exactly as :func:`trained_checkpoint` trains it in-process (seeded
     per batch, one thread on CPU), so the weights are bit-identical; only the wall time changes.
     """
-    todo = [
-        (e, f, s)
-        for f in folds
-        for s in seeds
-        for e in entries
-        if e.kind == "method" and not _is_cached(e, config, f, s)
-    ]
+    todo, hashes = [], set()
+    for f in folds:
+        for s in seeds:
+            for e in entries:
+                if e.kind != "method" or _is_cached(e, config, f, s):
+                    continue
+                # With train_data every test fold shares one model: train it once, not in
+                # two processes racing for the same cache folder.
+                digest = _train_config(e, config, f, s).hash()
+                if digest not in hashes:
+                    hashes.add(digest)
+                    todo.append((e, f, s))
     if workers <= 1 or len(todo) <= 1:
         return 0
     import multiprocessing
@@ -1144,7 +1227,7 @@ def run_sweep(
         )
     folds = parse_int_list(",".join(map(str, config.folds)), "folds")
     seeds = parse_int_list(",".join(map(str, config.seeds)), "seeds")
-    entries = resolve_models(config.models)
+    entries = resolve_models(config.models, config.variants)
     shard = validate_shard(config.shard)
     if shard is not None and config.save_baseline is not None:
         raise ConfigError(
@@ -1605,6 +1688,7 @@ def assemble(
                 if model_info[n].spec is not None
                 and model_info[n].spec == base_spec
                 and model_info[n].kind == entry.kind
+                and model_info[n].train == entry.train
             ),
             None,
         )
@@ -1635,6 +1719,31 @@ def assemble(
                         reference=base,
                     )
                 )
+    if len(seeds) > 1:
+        # Several seeds: the seed mean of each model's TAR with an interval that holds the
+        # identity *and* seed variation (what a paper table with several seeds should show).
+        for name in names:
+            for scale, size in grid:
+                boot = _seed_mean(cells_dir, cells, level, name, scale, folds, seeds, fars, config)
+                for j, far in enumerate(fars):
+                    margin_rows.append(
+                        make_row(
+                            **context,
+                            model=name,
+                            method=model_info[name].method,
+                            scale=scale,
+                            size_px=size,
+                            fold=level_fold,
+                            seed=None,
+                            metric="tar_mean",
+                            far=far,
+                            value=float(boot["point"][j]),
+                            ci_low=float(boot["low"][j]),
+                            ci_high=float(boot["high"][j]),
+                            n_genuine=boot["n_genuine"],
+                            n_impostor=boot["n_impostor"],
+                        )
+                    )
     timings["bootstrap"] = time.perf_counter() - t0
     table = sort_table(
         normalise(pd.concat([table, to_frame(summary), to_frame(margin_rows)], ignore_index=True))
@@ -1672,6 +1781,44 @@ def assemble(
         frame.insert(0, "pairing", context["pairing"])
         frame.insert(0, "dataset", context["dataset"])
     return table, roc_frame, norms_frame
+
+
+def _seed_mean(cells_dir, cells, level, name, scale, folds, seeds, fars, config) -> dict:
+    """Seed-mean TAR of one model at one scale with its identity + seed bootstrap interval
+    (:func:`bootstrap_tar` with one model), cached in ``cells/`` like the margins."""
+    key = {
+        "format": "lowres-seedmean/1",
+        "model": [cells[(name, f, s, scale)]["key"] for f in folds for s in seeds],
+        "fars": [repr(float(f)) for f in fars],
+        "n_boot": int(config.n_boot),
+        "boot_seed": int(config.boot_seed),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    size = key["model"][0]["size_px"]
+    path = cells_dir / f"seedmean__{_slug(name)}__{size:04d}px__{digest}.json"
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if cached.get("key") == key:
+                return cached
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    groups = []
+    for seed in seeds:
+        mine = level(name, seed, scale)
+        groups.append([(mine[0], mine[1], mine[2])])
+    boot = bootstrap_tar(groups, fars, n_boot=config.n_boot, seed=config.boot_seed)
+    same = groups[0][0][1] == groups[0][0][2]
+    result = {
+        "key": key,
+        "point": [float(v) for v in boot["point"][0]],
+        "low": [float(v) for v in boot["low"][0]],
+        "high": [float(v) for v in boot["high"][0]],
+        "n_genuine": int(same.sum()),
+        "n_impostor": int((~same).sum()),
+    }
+    atomic_write_json(path, result)
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _margin(cells_dir, cells, level, name, base, scale, folds, seeds, fars, config) -> dict:
@@ -1833,6 +1980,7 @@ def _entry_json(entry: ModelEntry) -> dict[str, Any]:
         "method": entry.method,
         "source": entry.source,
         "spec": None if entry.spec is None else str(entry.spec),
+        "train": entry.train,
     }
 
 
@@ -1846,6 +1994,7 @@ def _entry_from_json(item: dict[str, Any]) -> ModelEntry:
         method=item["method"],
         source=item["source"],
         spec=None if spec is None else parse_method(spec),
+        train=dict(item.get("train") or {}),
     )
 
 

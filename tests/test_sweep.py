@@ -169,8 +169,25 @@ def test_interrupted_sweep_resumes_to_the_same_table(reference, tmp_path, sig):
         ["--models", " , "],
         ["--pairing", "both"],
         ["--far", "0"],
+        ["--variant", "SM+aug"],
+        ["--variant", "SM+aug=SM;augment_resolution=true"],
+        ["--variant", "SM+R(0.01)=SM+R(0.01);seed=3"],
+        ["--variant", "SM=SM;epochz=3"],
     ],
-    ids=["unknown", "missing-ckpt", "scale0", "scale2", "empty", "blank", "other-settings", "far0"],
+    ids=[
+        "unknown",
+        "missing-ckpt",
+        "scale0",
+        "scale2",
+        "empty",
+        "blank",
+        "other-settings",
+        "far0",
+        "variant-syntax",
+        "variant-unlisted",
+        "variant-reserved",
+        "variant-unknown-key",
+    ],
 )
 def test_bad_input_exits_2_and_keeps_results(reference, tmp_path, extra):
     config, _, cache = reference
@@ -341,3 +358,19 @@ def test_parallel_pretraining_equals_in_process_training(tmp_path):
             assert torch.equal(wa[key], wb[key]), (entry.name, key)
     # Everything is cached now: nothing left to train.
     assert S.pretrain_models(entries, parallel, [0], [0], workers=2) == 0
+
+
+def test_parse_variant_reads_json_values():
+    assert S.parse_variant("SM+aug=SM;augment_resolution=true") == (
+        "SM+aug",
+        {"method": "SM", "augment_resolution": True},
+    )
+    name, values = S.parse_variant(" x = SF+R(0.01) ; augment_resolution=[0.125, 1] ; lr=0.1 ")
+    assert name == "x" and values == {
+        "method": "SF+R(0.01)",
+        "augment_resolution": [0.125, 1],
+        "lr": 0.1,
+    }
+    for bad in ("SM", "=SM", "x=", "x=SM;lr"):
+        with pytest.raises(ConfigError):
+            S.parse_variant(bad)
