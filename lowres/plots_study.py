@@ -8,6 +8,10 @@ written atomically as PNG and PDF.
    width, median and quartile band; (b) mean angle to the identity's other clean images vs face
    width; (c) angle vs relative norm of every probe (all widths), with a binned median per model:
    the paper's argument is that low-norm features swing through wider angles.
+3. ``runs_overview``: a study with [[runs]]: one column per run; top, TAR at one FAR vs probe
+   face width (seed mean with its bootstrap band where there are several seeds, else
+   Clopper-Pearson); bottom, the Ring-loss margin (+R minus its base) with its paired bootstrap
+   band and the zero line. Colours follow :func:`lowres.plots.model_styles` over all runs.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pandas as pd
 from lowres.errors import ResultsError
 from lowres.plots import X_LABEL, _log2_size_axis, _save, model_styles
 
-__all__ = ["figure_features2d", "figure_norm_angle"]
+__all__ = ["figure_features2d", "figure_norm_angle", "figure_runs"]
 
 
 def figure_features2d(
@@ -225,3 +229,95 @@ def figure_norm_angle(
             fontsize=11,
         )
         return _save(fig, Path(out_dir), "norm_angle")
+
+
+def figure_runs(
+    table: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    far: float,
+    runs: list[str],
+    labels: dict[str, str] | None = None,
+    title: str = "",
+) -> list[Path]:
+    """The ``runs_overview`` figure of a study with [[runs]] (see the module docstring).
+
+    Args:
+        table: the combined results (a ``run`` column, then a sweep's columns).
+        out_dir: figure folder.
+        far: the FAR to show.
+        runs: run names, column order.
+        labels: column titles per run (default the names).
+        title: figure title.
+
+    Returns:
+        The PNG and PDF paths.
+    """
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    from lowres.plots import _fmt_far, _legend
+    from lowres.results import primary_rows
+
+    parts = []
+    for run in runs:
+        prim = primary_rows(table[table["run"] == run].drop(columns="run"))
+        prim.insert(0, "run", run)
+        parts.append(prim)
+    prim = pd.concat(parts, ignore_index=True)
+    prim = prim[np.isclose(prim["far"].astype(float), far)]
+    if prim.empty:
+        raise ResultsError(f"no rows at FAR {far:g} to plot")
+    styles = model_styles(prim[["model", "method"]])
+    has_margin = bool((prim["metric"] == "ring_margin").any())
+    nrows = 2 if has_margin else 1
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        fig = Figure(figsize=(4.0 * len(runs) + 2.4, 3.3 * nrows + 0.9), layout="constrained")
+        axes = fig.subplots(nrows, len(runs), squeeze=False, sharey="row")
+        band = "Clopper-Pearson"
+        for j, run in enumerate(runs):
+            mine = prim[prim["run"] == run]
+            metric = "tar_mean" if (mine["metric"] == "tar_mean").any() else "tar"
+            if metric == "tar_mean":
+                band = "bootstrap over identities and seeds"
+            rows = [(axes[0][j], mine[mine["metric"] == metric])]
+            if has_margin:
+                rows.append((axes[1][j], mine[mine["metric"] == "ring_margin"]))
+            for ax, sub in rows:
+                for model, g in sub.groupby("model"):
+                    g = g.sort_values("size_px")
+                    st = styles[model]
+                    x = g["size_px"].to_numpy(float)
+                    ax.fill_between(
+                        x, g["ci_low"], g["ci_high"], color=st["color"], alpha=0.12, linewidth=0
+                    )
+                    ax.plot(
+                        x,
+                        g["value"],
+                        color=st["color"],
+                        linestyle=st["linestyle"],
+                        marker=st["marker"],
+                        markersize=4,
+                        linewidth=1.8,
+                        zorder=st["zorder"],
+                    )
+                sizes = sub["size_px"].dropna().astype(int).unique()
+                if len(sizes):
+                    _log2_size_axis(ax, sizes)
+            axes[0][j].set_title((labels or {}).get(run, run), fontsize=9)
+            axes[0][j].set_ylim(-0.02, 1.02)
+            if has_margin:
+                axes[1][j].axhline(0.0, color="black", linewidth=0.8)
+                axes[1][j].set_xlabel(X_LABEL)
+            else:
+                axes[0][j].set_xlabel(X_LABEL)
+        axes[0][0].set_ylabel(f"TAR at FAR {_fmt_far(far)}")
+        if has_margin:
+            axes[1][0].set_ylabel("Ring margin (+R minus base)")
+        _legend(fig, axes, styles)
+        fig.suptitle(
+            (title + "\n" if title else "")
+            + f"TAR at FAR {_fmt_far(far)} vs probe width per run (bands: 95% {band})",
+            fontsize=10,
+        )
+        return _save(fig, Path(out_dir), "runs_overview")

@@ -96,6 +96,8 @@ _EVALUATE_KEYS = ("folds", "seeds", "max_points")
 # Training settings the sweep's on-demand trainer honours (lowres.sweep._train_config): a study
 # of kind sweep/norms may not set others, or they would silently not apply.
 _SWEEP_TRAIN_KEYS = {"model": "backbone", "data": "data", "preset": "preset", "epochs": "epochs"}
+# Set by the sweep per cell (kinds sweep/norms); a study may not set them.
+_SWEEP_OWNED = ("split_seed", "train_split")
 _SWEEP_KEYS = (
     "scales",
     "sizes",
@@ -109,8 +111,13 @@ _SWEEP_KEYS = (
     "critical_far",
     "n_boot",
     "boot_seed",
+    "data",
 )
-_TOP_KEYS = ("study", "train", "models", "evaluate", "sweep")
+_TOP_KEYS = ("study", "train", "models", "evaluate", "sweep", "runs")
+# A [[runs]] entry (kind sweep): its name, a dataset and preset for training and testing, and
+# any [sweep] setting.
+_RUN_KEYS = ("name", "description", "preset", *_SWEEP_KEYS)
+_SET_SECTIONS = ("study", "train", "sweep", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,25 @@ class Study:
     sweep: dict
     raw: dict
     sha256: str
+    runs: list[dict] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def base_train(self) -> dict:
+        """The study's [train] table."""
+        return dict(self.raw.get("train", {}))
+
+    def variant_overrides(self, item: ModelItem) -> dict:
+        """TrainConfig settings of ``item`` that the sweep does not set itself (kinds
+        sweep/norms): every key but data/preset, and model/epochs where they differ from the
+        sweep-wide [train] values."""
+        base = self.base_train
+        return {
+            k: v
+            for k, v in item.train.items()
+            if k not in ("data", "preset")
+            and not (k in ("model", "epochs") and k in base and base[k] == v)
+        }
 
     def train_config(self, item: ModelItem, fold: int, seed: int):
         """The TrainConfig of ``item`` at (fold, seed)."""
@@ -156,22 +182,41 @@ class Study:
             {**item.train, "method": item.method, "fold": fold, "seed": seed}
         )
 
-    def sweep_config(self, *, out: Path | None = None):
-        """The SweepConfig of a sweep/norms study."""
+    def sweep_config(self, *, out: Path | None = None, run: dict | None = None):
+        """The SweepConfig of a sweep/norms study, or of one of its ``[[runs]]``."""
         from lowres.sweep import SweepConfig
 
         values = dict(self.sweep)
+        base = self.base_train
+        if run is not None:
+            values.update({k: v for k, v in run.items() if k in _SWEEP_KEYS and k != "data"})
+            for key in ("data", "preset"):
+                if key in run:
+                    # A run's dataset is what its models train on and are tested on.
+                    base[key] = run[key]
+                    values.pop(key, None)
+            if "data" in run and "preset" not in run:
+                base.pop("preset", None)
         for key in ("scales", "fars", "folds", "seeds"):
             if key in values:
                 values[key] = tuple(values[key])
         if "sizes" in values:
             values["sizes"] = tuple(int(v) for v in values["sizes"])
-        train = self.models[0].train
         for key, target in _SWEEP_TRAIN_KEYS.items():
-            if key in train:
-                values[target] = train[key]
+            if key in base:
+                values[target] = base[key]
+        if "data" in values and "data" in base and values["data"] != base["data"]:
+            # [train] data is what the models learn from, [sweep] data what they are tested on.
+            values["train_data"] = base["data"]
+            values.pop("preset", None)
+        variants = {}
+        for m in self.models:
+            overrides = self.variant_overrides(m)
+            if overrides or m.label != m.method:
+                variants[m.label] = {"method": m.method, **overrides}
         return SweepConfig(
-            models=tuple(m.method for m in self.models),
+            models=tuple(m.label for m in self.models),
+            variants=variants or None,
             out=Path(out if out is not None else self.out),
             device=self.device,
             model_cache=self.model_cache,
@@ -219,8 +264,41 @@ def _int_list(section: str, key: str, value: Any) -> list[int]:
     return list(value)
 
 
-def load_study(path: str | os.PathLike) -> Study:
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """``SECTION.KEY=VALUE`` settings (``lowres run --set``) applied to a parsed study file.
+
+    VALUE is read as a TOML value (``4``, ``true``, ``[0, 1]``, ``"orl"``); a bare word is a
+    string. SECTION is one of study, train, sweep, evaluate.
+
+    Raises:
+        ConfigError: malformed setting or unknown section.
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for text in overrides:
+        target, eq, value = (p.strip() for p in str(text).partition("="))
+        section, dot, key = target.partition(".")
+        if not eq or not dot or not key or section not in _SET_SECTIONS:
+            raise ConfigError(
+                f"--set {text!r} is not SECTION.KEY=VALUE with SECTION one of "
+                f"{', '.join(_SET_SECTIONS)}, e.g. --set train.epochs=2"
+            )
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise ConfigError(f"--set {text!r}: [{section}] is not a table in this study")
+        out[section][key] = parsed
+    return out
+
+
+def load_study(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Study:
     """Read and validate a study TOML file (nothing is trained or written).
+
+    Args:
+        path: the TOML file.
+        overrides: ``SECTION.KEY=VALUE`` settings applied on top (:func:`apply_overrides`).
 
     Raises:
         ConfigError: missing or unreadable file, unknown section/key, unknown kind, method or
@@ -240,6 +318,8 @@ def load_study(path: str | os.PathLike) -> Study:
         raw = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix the syntax") from None
+    overrides = [str(o) for o in overrides]
+    raw = apply_overrides(raw, overrides)
 
     top = _check_keys("top level", raw, _TOP_KEYS)
     study = _check_keys("study", top.get("study", {}), _STUDY_KEYS)
@@ -263,7 +343,11 @@ def load_study(path: str | os.PathLike) -> Study:
     models: list[ModelItem] = []
     for i, entry in enumerate(models_raw):
         section = f"models #{i + 1}"
-        allowed = ["method", "label"] + (per_model_fields if kind == "features2d" else [])
+        allowed = ["method", "label"] + (
+            per_model_fields
+            if kind == "features2d"
+            else [n for n in per_model_fields if n not in (*_SWEEP_OWNED, "data", "preset")]
+        )
         entry = _check_keys(section, entry, allowed)
         if "method" not in entry:
             raise ConfigError(f'[{section}] has no method; add e.g. method = "SM+R(0.01)"')
@@ -293,18 +377,11 @@ def load_study(path: str | os.PathLike) -> Study:
     else:
         if "evaluate" in top:
             raise ConfigError(f"{path}: kind {kind} takes [sweep], not [evaluate]")
-        other = sorted(set(base_train) - set(_SWEEP_TRAIN_KEYS))
-        if other:
+        owned = sorted(set(base_train) & set(_SWEEP_OWNED))
+        if owned:
             raise ConfigError(
-                f"{path}: [train] {other[0]!r} is not honoured by the sweep's trainer (kind "
-                f"{kind}); use only {', '.join(_SWEEP_TRAIN_KEYS)} or kind features2d"
-            )
-        if len({m.method for m in models}) != len(models) or any(
-            m.label != m.method for m in models
-        ):
-            raise ConfigError(
-                f"{path}: kind {kind} names models by their method; drop label and list each "
-                "method once"
+                f"{path}: [train] {owned[0]!r} is set by the sweep for every model (kind "
+                f"{kind}); drop it"
             )
         sweep = _check_keys("sweep", top.get("sweep", {}), _SWEEP_KEYS)
         for key in ("folds", "seeds"):
@@ -313,6 +390,26 @@ def load_study(path: str | os.PathLike) -> Study:
         for key in ("scales", "sizes", "fars"):
             if key in sweep and (not isinstance(sweep[key], list) or not sweep[key]):
                 raise ConfigError(f"[sweep] {key} must be a non-empty list of numbers")
+
+    runs: list[dict] = []
+    if "runs" in top:
+        if kind != "sweep" or not isinstance(top["runs"], list) or not top["runs"]:
+            raise ConfigError(f"{path}: [[runs]] needs kind sweep and at least one table")
+        for i, entry in enumerate(top["runs"]):
+            entry = _check_keys(f"runs #{i + 1}", entry, _RUN_KEYS)
+            run_name = entry.get("name")
+            if not isinstance(run_name, str) or not run_name or _slug(run_name) != run_name:
+                raise ConfigError(
+                    f"[runs #{i + 1}] needs name = a folder-safe word (letters, digits, . - _), "
+                    f"got {run_name!r}"
+                )
+            for key in ("folds", "seeds"):
+                if key in entry:
+                    entry[key] = _int_list(f"runs {run_name}", key, entry[key])
+            runs.append(entry)
+        names = [r["name"] for r in runs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}: two [[runs]] share a name; give each a unique name")
 
     name = path.stem
     out = Path(study.get("out", f"runs/{name}"))
@@ -332,15 +429,32 @@ def load_study(path: str | os.PathLike) -> Study:
         sweep=sweep,
         raw=raw,
         sha256=hashlib.sha256(data).hexdigest(),
+        runs=runs,
+        overrides=overrides,
     )
     if kind != "features2d":
         # SweepConfig and its own checks (scales, FARs, pairing) are run by run_sweep; build it
         # now so a misspelt value type fails before any training.
-        try:
-            result.sweep_config()
-        except TypeError as exc:
-            raise ConfigError(f"{path}: bad [sweep] value ({exc})") from None
+        from lowres.sweep import resolve_models
+
+        for run in runs or [None]:
+            try:
+                config = result.sweep_config(run=run)
+            except TypeError as exc:
+                raise ConfigError(f"{path}: bad [sweep] value ({exc})") from None
+            resolve_models(config.models, config.variants)
+            for data, preset in ((config.data, config.preset), (config.train_data, None)):
+                if data is not None and Path(str(data)).stem == "synth":
+                    from lowres.data.synthetic import parse_preset
+
+                    parse_preset(preset)
     return result
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)
 
 
 def list_studies(folder: str | os.PathLike = EXPERIMENTS_DIR) -> list[dict]:
@@ -474,7 +588,8 @@ def _write_provenance(study: Study, out_dir: Path, result: StudyResult) -> None:
         "figures": sorted(str(p.relative_to(out_dir)) for p in result.figures),
         **result.extra,
     }
-    if study.kind != "features2d":
+    record["overrides"] = list(study.overrides)
+    if study.kind != "features2d" and not study.runs:
         # The sweep's own record stays the top level (a rerun checks its "settings" there);
         # the study's record goes beside it.
         sweep_record = json.loads(path.read_text(encoding="utf-8"))
@@ -658,9 +773,88 @@ def _features_summary(results) -> str:
     )
 
 
+def _paper_tables(study: Study, table, heading: str = "") -> str:
+    from lowres.results import paper_table_markdown
+
+    text = paper_table_markdown(table, models=[m.label for m in study.models])
+    return (f"### {heading}\n\n" if heading else "") + text
+
+
+def _run_runs(study: Study, out_dir: Path, workers: int, force: bool) -> StudyResult:
+    """Kind sweep with [[runs]]: one sweep per run into OUT/<run>/, then a combined table
+    (``run`` column first), ``table.md`` and the ``runs_overview`` figure."""
+    import pandas as pd
+
+    from lowres.plots_study import figure_runs
+    from lowres.sweep import format_summary, run_sweep
+
+    timings: dict[str, float] = {}
+    frames, texts, figures, summaries, records = [], [], [], [], {}
+    for run in study.runs:
+        name = run["name"]
+        config = dataclasses.replace(
+            study.sweep_config(out=out_dir / name, run=run), force=force, jobs=workers
+        )
+        t0 = time.perf_counter()
+        sweep = run_sweep(config)
+        timings[f"sweep_{name}"] = time.perf_counter() - t0
+        for key, value in sweep.timings.items():
+            timings[f"sweep_{name}_{key}"] = value
+        frame = sweep.table.copy()
+        frame.insert(0, "run", name)
+        frames.append(frame)
+        heading = name + (f": {run['description']}" if run.get("description") else "")
+        texts.append(_paper_tables(study, sweep.table, heading))
+        figures += list(sweep.figures)
+        summaries.append(
+            f"== run {name}\n"
+            + format_summary(
+                sweep.table,
+                config.critical_far,
+                {"tar": config.critical_tar, "far": config.critical_far},
+            )
+        )
+        records[name] = {
+            "out": name,
+            "provenance": f"{name}/provenance.json",
+            "data": config.data,
+            "preset": config.preset,
+            "train_data": config.train_data,
+        }
+    combined = pd.concat(frames, ignore_index=True)
+    _write_csv(combined, out_dir / "results.csv")
+    from lowres.atomic import atomic_write_text
+
+    atomic_write_text(out_dir / "table.md", "\n".join(texts))
+    t0 = time.perf_counter()
+    first = study.sweep_config()
+    figures += figure_runs(
+        combined,
+        out_dir / "figures",
+        far=first.critical_far,
+        runs=[r["name"] for r in study.runs],
+        labels={
+            r["name"]: r["name"] + (f"\n{r['description']}" if r.get("description") else "")
+            for r in study.runs
+        },
+        title=study.title,
+    )
+    timings["plot_study"] = time.perf_counter() - t0
+    return StudyResult(
+        out=out_dir,
+        tables={"results": combined},
+        figures=sorted(set(figures)),
+        timings=timings,
+        summary="\n\n".join(summaries),
+        extra={"runs": records},
+    )
+
+
 def _run_sweep_study(study: Study, out_dir: Path, workers: int, force: bool) -> StudyResult:
     from lowres.sweep import format_summary, run_sweep
 
+    if study.runs:
+        return _run_runs(study, out_dir, workers, force)
     # run_sweep pre-trains the missing models, `workers` processes at a time.
     config = dataclasses.replace(study.sweep_config(out=out_dir), force=force, jobs=workers)
     timings: dict[str, float] = {}
@@ -674,6 +868,9 @@ def _run_sweep_study(study: Study, out_dir: Path, workers: int, force: bool) -> 
     summary = format_summary(
         sweep.table, config.critical_far, {"tar": config.critical_tar, "far": config.critical_far}
     )
+    from lowres.atomic import atomic_write_text
+
+    atomic_write_text(out_dir / "table.md", _paper_tables(study, sweep.table))
     if study.kind == "norms":
         t0 = time.perf_counter()
         angles, per_scale = norm_angle_tables(config)
@@ -761,7 +958,7 @@ def norm_angle_tables(config):
 
     spec = DEFAULT if config.degrade is None else parse_degrade(config.degrade)
     device = pick_device(None if config.device == "auto" else config.device)
-    entries = resolve_models(config.models)
+    entries = resolve_models(config.models, config.variants)
     rows = []
     for fold in config.folds:
         test = _test_split(config, fold)

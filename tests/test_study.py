@@ -124,10 +124,34 @@ def test_bad_study_is_config_error(tmp_path, edit, message):
     assert "\n" not in str(info.value)
 
 
-def test_sweep_kind_refuses_training_settings_it_cannot_honour(tmp_path):
-    text = NORMS.format(cache=tmp_path).replace("epochs = 1", "epochs = 1\nlr = 0.1")
-    with pytest.raises(ConfigError, match="not honoured"):
+def test_sweep_kind_refuses_settings_the_sweep_owns(tmp_path):
+    text = NORMS.format(cache=tmp_path).replace("epochs = 1", "epochs = 1\nsplit_seed = 3")
+    with pytest.raises(ConfigError, match="set by the sweep"):
         ST.load_study(_write(tmp_path, "norms", text))
+
+
+def test_sweep_kind_honours_other_training_settings_as_variants(tmp_path):
+    from lowres.sweep import _train_config, resolve_models
+
+    text = NORMS.format(cache=tmp_path).replace("epochs = 1", "epochs = 1\nlr = 0.1")
+    study = ST.load_study(_write(tmp_path, "norms", text))
+    config = study.sweep_config()
+    entries = resolve_models(config.models, config.variants)
+    assert [e.name for e in entries] == ["SM", "SM+R(0.01)"]
+    for entry in entries:
+        tc = _train_config(entry, config, 0, 0)
+        assert tc.lr == 0.1 and tc.epochs == 1 and tc.preset == "tinystudy"
+
+
+def test_set_overrides_apply_and_bad_ones_are_config_errors(tmp_path):
+    path = _write(tmp_path, "norms", NORMS.format(cache=tmp_path))
+    study = ST.load_study(path, overrides=["train.epochs=3", "sweep.folds=[1]", "study.jobs=2"])
+    config = study.sweep_config()
+    assert config.epochs == 3 and config.folds == (1,) and study.jobs == 2
+    assert study.overrides == ["train.epochs=3", "sweep.folds=[1]", "study.jobs=2"]
+    for bad in ("epochs=3", "models.x=1", "train.epochz=1", "sweep.folds=x"):
+        with pytest.raises(ConfigError):
+            ST.load_study(path, overrides=[bad])
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path):
@@ -238,3 +262,121 @@ def test_norms_study_end_to_end_and_resume(tmp_path):
     again = ST.run_study(path, out=tmp_path / "out")
     assert (out / "results.csv").read_bytes() == first
     assert again.timings["sweep_train"] < result.timings["sweep_train"] + 1e-9
+
+
+RUNS = """
+[study]
+kind = "sweep"
+title = "tiny runs"
+model_cache = "{cache}"
+device = "cpu"
+
+[train]
+data = "synth"
+epochs = 1
+
+[[models]]
+method = "SM"
+
+[[models]]
+method = "SM+R(0.01)"
+
+[[models]]
+label = "SM+aug"
+method = "SM"
+augment_resolution = true
+
+[[models]]
+label = "SM+R(0.01)+aug"
+method = "SM+R(0.01)"
+augment_resolution = true
+
+[sweep]
+scales = [1, 0.5]
+fars = [0.01, 0.1]
+critical_far = 0.1
+n_boot = 20
+batch_size = 64
+
+[[runs]]
+name = "plain"
+preset = "tinystudy"
+
+[[runs]]
+name = "coarse"
+description = "2 cycles"
+preset = "tinystudy:texture_cycles=2"
+seeds = [0, 1]
+"""
+
+
+def test_runs_and_variants_end_to_end(tmp_path):
+    from lowres.sweep import _train_config, resolve_models
+
+    path = _write(tmp_path, "runs", RUNS.format(cache=tmp_path / "cache"))
+    study = ST.load_study(path)
+    # variants: same method, other training; hashes differ only through augment_resolution
+    config = study.sweep_config(run=study.runs[1])
+    assert config.preset == "tinystudy:texture_cycles=2" and config.seeds == (0, 1)
+    entries = {e.name: e for e in resolve_models(config.models, config.variants)}
+    plain = _train_config(entries["SM"], config, 0, 0)
+    aug = _train_config(entries["SM+aug"], config, 0, 0)
+    assert aug.augment_resolution and not plain.augment_resolution
+    assert plain.method == aug.method == "SM" and plain.hash() != aug.hash()
+
+    result = ST.run_study(path, out=tmp_path / "out")
+    out = result.out
+    table = pd.read_csv(out / "results.csv")
+    assert next(iter(table.columns)) == "run" and set(table["run"]) == {"plain", "coarse"}
+    for run in ("plain", "coarse"):
+        assert (out / run / "results.csv").is_file()
+        margins = table[(table["run"] == run) & (table["metric"] == "ring_margin")]
+        refs = dict(zip(margins["model"], margins["reference"], strict=False))
+        assert refs == {"SM+R(0.01)": "SM", "SM+R(0.01)+aug": "SM+aug"}
+    # tar_mean only with several seeds: the mean of the per-seed TARs
+    assert not (table[table["run"] == "plain"]["metric"] == "tar_mean").any()
+    coarse = table[table["run"] == "coarse"]
+    means = coarse[coarse["metric"] == "tar_mean"]
+    assert len(means) == 5 * 2 * 2  # 4 models + pixels, 2 scales, 2 FARs
+    per_seed = coarse[(coarse["metric"] == "tar") & coarse["seed"].notna()]
+    expect = per_seed.groupby(["model", "scale", "far"])["value"].mean()
+    got = means.set_index(["model", "scale", "far"])["value"]
+    np.testing.assert_allclose(got.sort_index(), expect.loc[got.sort_index().index], atol=2e-6)
+    assert (means["ci_low"] <= means["value"] + 1e-12).all()
+    assert (means["value"] <= means["ci_high"] + 1e-12).all()
+    # the paper-layout table holds every model and the margins, with the table's numbers
+    text = (out / "table.md").read_text()
+    assert "### plain" in text and "### coarse: 2 cycles" in text
+    assert "| SM+R(0.01)+aug - SM+aug |" in text and "| pixels |" in text
+    row = table[
+        (table["run"] == "plain")
+        & (table["model"] == "SM+aug")
+        & (table["metric"] == "tar")
+        & (table["scale"] == 0.5)
+        & np.isclose(table["far"], 0.1)
+    ].iloc[0]
+    cell = f"{100 * row['value']:.1f} [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]"
+    assert cell in text
+    assert (out / "figures" / "runs_overview.png").is_file()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["study"]["runs"]["coarse"]["provenance"] == "coarse/provenance.json"
+    assert prov["study"]["runs"]["coarse"]["preset"] == "tinystudy:texture_cycles=2"
+    # resume: nothing retrained, same table
+    first = (out / "results.csv").read_bytes()
+    ST.run_study(path, out=tmp_path / "out")
+    assert (out / "results.csv").read_bytes() == first
+
+
+def test_bad_runs_are_config_errors(tmp_path):
+    base = RUNS.format(cache=tmp_path)
+    cases = [
+        (base.replace('name = "coarse"', 'name = "plain"'), "share a name"),
+        (base.replace('name = "coarse"', 'name = "a b"'), "folder-safe"),
+        (base.replace("seeds = [0, 1]", "seedz = [0, 1]"), "unknown key 'seedz'"),
+        (base.replace('"tinystudy:texture_cycles=2"', '"tinystudy:cycles=2"'), "cycles=2"),
+        (base.replace("augment_resolution = true\n", "seed = 3\n", 1), "seed"),
+    ]
+    for text, message in cases:
+        with pytest.raises(ConfigError) as info:
+            ST.load_study(_write(tmp_path, "bad", text))
+        assert message in str(info.value), (message, str(info.value))
