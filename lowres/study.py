@@ -202,11 +202,13 @@ class Study:
                 values[key] = tuple(values[key])
         if "sizes" in values:
             values["sizes"] = tuple(int(v) for v in values["sizes"])
+        test_data = values.get("data")
         for key, target in _SWEEP_TRAIN_KEYS.items():
             if key in base:
                 values[target] = base[key]
-        if "data" in values and "data" in base and values["data"] != base["data"]:
+        if test_data is not None and "data" in base and test_data != base["data"]:
             # [train] data is what the models learn from, [sweep] data what they are tested on.
+            values["data"] = test_data
             values["train_data"] = base["data"]
             values.pop("preset", None)
         variants = {}

@@ -805,8 +805,11 @@ def _fallback_threshold(data: _BootData, weights: np.ndarray, allowed: float) ->
 def _allowed(far: float, total: np.ndarray) -> np.ndarray:
     """Largest integer c with c / total <= far (float division, as lowres.metrics does)."""
     c = np.floor(far * total)
-    c = np.where((c + 1) / total <= far, c + 1, c)
-    return np.where((c > 0) & (c / total > far), c - 1, c)
+    # A replicate that drew no impostor pair has total 0: c stays 0 (the divisions give inf/nan,
+    # which compare False), so nothing is accepted; the warnings say nothing new.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where((c + 1) / total <= far, c + 1, c)
+        return np.where((c > 0) & (c / total > far), c - 1, c)
 
 
 def _weighted_tar(data: _BootData, weights: np.ndarray, fars: Sequence[float]) -> np.ndarray:

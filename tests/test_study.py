@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from lowres import study as ST
 from lowres.errors import ConfigError
@@ -380,3 +381,92 @@ def test_bad_runs_are_config_errors(tmp_path):
         with pytest.raises(ConfigError) as info:
             ST.load_study(_write(tmp_path, "bad", text))
         assert message in str(info.value), (message, str(info.value))
+
+
+# --------------------------------------------------------------------------------------------
+# The GPU studies (LFW, CFP-FP), end to end on a tiny generated set
+# --------------------------------------------------------------------------------------------
+
+
+def _tiny_gpu_data(tmp_path: Path) -> tuple[Path, Path]:
+    """A CASIA-like identity-folder training set (6 people x 4 PNGs, 112x112 RGB) with its
+    manifest, and an InsightFace-style .bin test set (10 folds x 1 genuine + 1 impostor pair)."""
+    from PIL import Image
+
+    from lowres.data.insightface import write_bin
+    from lowres.data.synthetic import make_split
+
+    train = make_split(
+        "train", "cpu", 0, 0, num_identities=6, images_per_identity=4, size=(112, 112), channels=3
+    )
+    root = tmp_path / "tiny_casia"
+    for k, (image, label) in enumerate(zip(train.images, train.labels, strict=True)):
+        folder = root / f"person{int(label):02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{k:03d}.png")
+    manifest = tmp_path / "tiny_casia.toml"
+    manifest.write_text(
+        'name = "tiny_casia"\nkind = "identity-folders"\n'
+        f'root = "{root}"\nimage_size = [112, 112]\nchannels = 3\n',
+        encoding="utf-8",
+    )
+    test = make_split(
+        "test", "cpu", 0, 0, num_identities=10, images_per_identity=2, size=(112, 112), channels=3
+    )
+    pairs, issame = [], []
+    for fold in range(10):
+        other = (fold + 1) % 10
+        pairs += [test.images[2 * fold], test.images[2 * fold + 1]]  # genuine
+        pairs += [test.images[2 * fold], test.images[2 * other + 1]]  # impostor
+        issame += [True, False]
+    bin_path = write_bin(tmp_path / "tiny_test.bin", torch.stack(pairs), issame)
+    return manifest, bin_path
+
+
+@pytest.fixture(scope="module")
+def tiny_gpu_data(tmp_path_factory):
+    """Shared by both studies, with one model cache: they train the same models (same
+    training set and settings), so the second study trains nothing."""
+    root = tmp_path_factory.mktemp("gpu_studies")
+    manifest, bin_path = _tiny_gpu_data(root)
+    return manifest, bin_path, root / "cache"
+
+
+@pytest.mark.parametrize("name", ["lfw_lowres", "cfp_fp_lowres"])
+def test_gpu_studies_run_end_to_end_on_a_tiny_generated_set(tmp_path, name, tiny_gpu_data):
+    manifest, bin_path, cache = tiny_gpu_data
+    shipped = ST.load_study(REPO / "experiments" / f"{name}.toml")
+    assert shipped.sweep_config().train_data == "casia_webface"
+    assert shipped.sweep_config().backbone == "sphere20"
+    # The shipped file with only the data, the budget and the folds swapped for tiny ones.
+    study = ST.load_study(
+        REPO / "experiments" / f"{name}.toml",
+        overrides=[
+            f'train.data="{manifest}"',
+            f'sweep.data="{bin_path}"',
+            "train.epochs=1",
+            "train.batch_size=8",
+            "sweep.folds=[0, 1, 2]",
+            "sweep.scales=[1, 0.25]",
+            "sweep.batch_size=16",
+            "sweep.n_boot=20",
+            'study.device="cpu"',
+            f'study.model_cache="{cache}"',
+        ],
+    )
+    config = study.sweep_config()
+    assert config.train_data == str(manifest) and config.data == str(bin_path)
+    result = ST.run_study(study, out=tmp_path / "out")
+    table = pd.read_csv(result.out / "results.csv")
+    tar = table[(table["metric"] == "tar") & (table["fold"] == -1)]
+    assert set(tar["model"]) == {m.label for m in shipped.models} | {"pixels"}
+    assert set(tar["n_genuine"]) == {3} and set(tar["n_impostor"]) == {3}
+    margins = table[table["metric"] == "ring_margin"]
+    assert set(margins["model"]) == {"SM+R(0.01)", "SM+R(0.001)", "SF+R(0.01)", "SF+R(0.001)"}
+    # one model per method and seed, trained on the whole identity-folder set, for every fold
+    cached = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(cached) == len(shipped.models)
+    sidecar = json.loads(next(cached[0].glob("model.json")).read_text())
+    assert sidecar["config"]["train_split"] == "all"
+    assert sidecar["config"]["model"] == "sphere20"
+    assert "| SF+R(0.01) - SF |" in (result.out / "table.md").read_text()
