@@ -19,13 +19,16 @@ Schema (every key is checked; an unknown section or key is a ConfigError naming 
     device = "auto"
 
     [train]                     # lowres.train.TrainConfig fields shared by every model
-    model = "lenetpp"           # (kinds sweep/norms: only model, data, preset, epochs)
-    data = "mnist"
+    model = "lenetpp"           # kinds sweep/norms: data, preset, model and epochs go to the
+    data = "mnist"              # sweep; any other field becomes a training override of every
+                                # model (split_seed and train_split are the sweep's)
 
     [[models]]                  # one table per model; at least one
     method = "SM+R(0.1)"        # paper notation (lowres.methods)
-    label = "SM+R(0.1)"         # optional legend name (features2d only), default the method
-    # features2d only: any TrainConfig field overriding [train] for this model
+    label = "SM+R(0.1)+aug"     # optional model id, default the method
+    augment_resolution = true   # any TrainConfig field overriding [train] for this model
+                                # (kinds sweep/norms: not data/preset; a model with overrides
+                                # is a named sweep variant, see lowres.sweep.SweepConfig)
 
     [evaluate]                  # kind features2d
     folds = [0]                 # test folds (mnist: 5 fixed folds of 1000 images)
@@ -35,6 +38,17 @@ Schema (every key is checked; an unknown section or key is a ConfigError naming 
     [sweep]                     # kinds sweep/norms: lowres.sweep.SweepConfig fields
     scales = [1, 0.5, 0.25]     # or sizes = [...]; fars, pairing, degrade, folds, seeds,
                                 # batch_size, critical_tar, critical_far, n_boot, boot_seed
+    data = "lfw_bin"            # the test set when it differs from [train] data: the models
+                                # then train on the whole [train] data (train_split = "all")
+
+    [[runs]]                    # kind sweep, optional: one sweep per run into OUT/<name>/
+    name = "tex2"               # folder-safe
+    description = "..."
+    preset = "cpu:texture_cycles=2"   # and/or data = "orl": what the run trains and tests on
+    folds = [0, 1, 2, 3]        # any [sweep] key
+
+``lowres run FILE --set SECTION.KEY=VALUE`` (repeatable) changes a setting without editing the
+file (VALUE in TOML syntax); the overrides are kept in provenance.json.
 
 Kinds:
 
@@ -42,7 +56,11 @@ Kinds:
   coloured by class, the learned R drawn as a circle for ``+R`` models; test classification
   accuracy from the head's logits (eval mode) in ``results.csv``; the features in
   ``features.csv``.
-- ``sweep``: :func:`lowres.sweep.run_sweep` into ``OUT/`` (its table, figures, provenance).
+- ``sweep``: :func:`lowres.sweep.run_sweep` into ``OUT/`` (its table, figures, provenance),
+  plus ``table.md``: the paper's layout, methods x FAR at each probe width with intervals, and
+  the Ring margins. With ``[[runs]]``: one sweep per run in ``OUT/<run>/``, the combined
+  ``OUT/results.csv`` (a ``run`` column first), ``OUT/table.md`` with a section per run and the
+  figure ``runs_overview`` (TAR and Ring margin vs probe width, one column per run).
 - ``norms``: the sweep (its per-image norms per scale), plus the angular spread of each
   person's features: the angle between an image's feature at each scale and the direction of
   its identity's *other* clean images (the sum of their unit features: leave-one-out, so an
