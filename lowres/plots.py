@@ -389,6 +389,7 @@ def figure_genuine_cosine(prim: pd.DataFrame, styles: dict[str, dict]):
 
 def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict]):
     """Figure 5 from primary rows (``ring_margin``); None when the sweep has no +R/base pair."""
+    several_seeds = bool((prim["metric"] == "tar_mean").any())
     margin = prim[prim["metric"] == "ring_margin"]
     if margin.empty:
         return None
@@ -428,7 +429,9 @@ def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict]):
         frameon=False,
     )
     fig.suptitle(
-        "Ring-loss margin vs probe resolution\n(bands: 95% paired bootstrap over identities)\n"
+        "Ring-loss margin vs probe resolution\n(bands: 95% paired bootstrap over identities"
+        + (" and seeds" if several_seeds else "")
+        + ")\n"
         + _caption(prim),
         fontsize=10,
     )
