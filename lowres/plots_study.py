@@ -317,7 +317,9 @@ def figure_runs(
         _legend(fig, axes, styles)
         fig.suptitle(
             (title + "\n" if title else "")
-            + f"TAR at FAR {_fmt_far(far)} vs probe width per run (bands: 95% {band})",
+            + f"TAR at FAR {_fmt_far(far)} vs probe width per run (bands: 95% {band}"
+            + ("; margins: 95% paired bootstrap" if has_margin else "")
+            + ")",
             fontsize=10,
         )
         return _save(fig, Path(out_dir), "runs_overview")

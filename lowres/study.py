@@ -577,14 +577,35 @@ def run_study(
     if workers < 1:
         raise ConfigError(f"jobs must be >= 1, got {workers}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    history = _previous_runs(out_dir)
     t0 = time.perf_counter()
     if study.kind == "features2d":
         result = _run_features2d(study, out_dir, workers)
     else:
         result = _run_sweep_study(study, out_dir, workers, force)
     result.timings["total"] = time.perf_counter() - t0
+    result.extra["history"] = history
     _write_provenance(study, out_dir, result)
     return result
+
+
+def _previous_runs(out_dir: Path) -> list[dict]:
+    """Earlier runs of the study in ``out_dir`` (git revision, finish time, timings), so a
+    resumed or re-assembled study keeps the wall time of the run that did the work."""
+    path = out_dir / "provenance.json"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")).get("study")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return []
+    if not isinstance(old, dict) or "timings_s" not in old:
+        return []
+    earlier = [h for h in old.get("history", []) if isinstance(h, dict)]
+    entry = {
+        "git_revision": old.get("git_revision"),
+        "finished": old.get("finished"),
+        "timings_s": old.get("timings_s"),
+    }
+    return [*earlier, entry]
 
 
 def _write_provenance(study: Study, out_dir: Path, result: StudyResult) -> None:
@@ -604,6 +625,7 @@ def _write_provenance(study: Study, out_dir: Path, result: StudyResult) -> None:
             study.evaluate["seeds"] if study.kind == "features2d" else study.sweep_config().seeds
         ),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tables": sorted(f"{name}.csv" for name in result.tables),
         "figures": sorted(str(p.relative_to(out_dir)) for p in result.figures),
         **result.extra,

@@ -362,10 +362,12 @@ def test_runs_and_variants_end_to_end(tmp_path):
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["study"]["runs"]["coarse"]["provenance"] == "coarse/provenance.json"
     assert prov["study"]["runs"]["coarse"]["preset"] == "tinystudy:texture_cycles=2"
-    # resume: nothing retrained, same table
+    # resume: nothing retrained, same table; the first run's timings kept in the history
     first = (out / "results.csv").read_bytes()
     ST.run_study(path, out=tmp_path / "out")
     assert (out / "results.csv").read_bytes() == first
+    history = json.loads((out / "provenance.json").read_text())["study"]["history"]
+    assert len(history) == 1 and history[0]["timings_s"] == prov["study"]["timings_s"]
 
 
 def test_bad_runs_are_config_errors(tmp_path):
