@@ -470,7 +470,7 @@ def plot_tables(
 
 
 FIGURE_STEMS = ("tar_vs_resolution", "genuine_cosine", "ring_margin", "roc", "norms")
-_STYLE_VERSION = "1"
+_STYLE_VERSION = "2"  # 2: seed-mean bands, variant families, margin band caption
 _DIGEST_FILE = ".source-digest"
 
 

@@ -274,12 +274,15 @@ def figure_runs(
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
         fig = Figure(figsize=(4.0 * len(runs) + 2.4, 3.3 * nrows + 0.9), layout="constrained")
         axes = fig.subplots(nrows, len(runs), squeeze=False, sharey="row")
-        band = "Clopper-Pearson"
+        bands = set()
         for j, run in enumerate(runs):
             mine = prim[prim["run"] == run]
             metric = "tar_mean" if (mine["metric"] == "tar_mean").any() else "tar"
-            if metric == "tar_mean":
-                band = "bootstrap over identities and seeds"
+            bands.add(
+                "bootstrap over identities and seeds (several seeds)"
+                if metric == "tar_mean"
+                else "Clopper-Pearson (one seed)"
+            )
             rows = [(axes[0][j], mine[mine["metric"] == metric])]
             if has_margin:
                 rows.append((axes[1][j], mine[mine["metric"] == "ring_margin"]))
@@ -317,9 +320,13 @@ def figure_runs(
         _legend(fig, axes, styles)
         fig.suptitle(
             (title + "\n" if title else "")
-            + f"TAR at FAR {_fmt_far(far)} vs probe width per run (bands: 95% {band}"
-            + ("; margins: 95% paired bootstrap" if has_margin else "")
-            + ")",
+            + f"TAR at FAR {_fmt_far(far)} vs probe width, one column per run\n"
+            + "".join(f"TAR bands: 95% {b}\n" for b in sorted(bands))
+            + (
+                "margin bands: 95% paired bootstrap over identities (and seeds)"
+                if has_margin
+                else ""
+            ),
             fontsize=10,
         )
         return _save(fig, Path(out_dir), "runs_overview")
