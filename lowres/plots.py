@@ -203,6 +203,33 @@ def _fmt_far(far: float) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def draw_curves(ax, rows: pd.DataFrame, styles: dict[str, dict]) -> None:
+    """One line per model of ``value`` vs face width with its ``ci_low``..``ci_high`` band."""
+    for model, g in rows.groupby("model"):
+        g = g.sort_values("size_px")
+        st = styles[model]
+        x = g["size_px"].to_numpy(float)
+        ax.fill_between(
+            x,
+            g["ci_low"],
+            g["ci_high"],
+            color=st["color"],
+            alpha=0.12,
+            linewidth=0,
+            zorder=st["zorder"] - 1,
+        )
+        ax.plot(
+            x,
+            g["value"],
+            color=st["color"],
+            linestyle=st["linestyle"],
+            marker=st["marker"],
+            markersize=4,
+            linewidth=1.8,
+            zorder=st["zorder"],
+        )
+
+
 def figure_tar_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
     """Figure 1 from primary rows: ``tar_mean`` (several seeds: seed mean with an identity +
     seed bootstrap band) where the table has it, else ``tar`` (Clopper-Pearson bands)."""
@@ -215,29 +242,7 @@ def figure_tar_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
     sizes = tar["size_px"].dropna().astype(int).unique()
     for ax, far in zip(axes[0], fars, strict=True):
         sub = tar[np.isclose(tar["far"], far)]
-        for model, g in sub.groupby("model"):
-            g = g.sort_values("size_px")
-            st = styles[model]
-            x = g["size_px"].to_numpy(float)
-            ax.fill_between(
-                x,
-                g["ci_low"],
-                g["ci_high"],
-                color=st["color"],
-                alpha=0.12,
-                linewidth=0,
-                zorder=st["zorder"] - 1,
-            )
-            ax.plot(
-                x,
-                g["value"],
-                color=st["color"],
-                linestyle=st["linestyle"],
-                marker=st["marker"],
-                markersize=4,
-                linewidth=1.8,
-                zorder=st["zorder"],
-            )
+        draw_curves(ax, sub, styles)
         n_imp = int(sub["n_impostor"].max()) if sub["n_impostor"].notna().any() else 0
         flagged = bool(sub["flagged"].fillna(False).any())
         title = f"FAR = {_fmt_far(far)}"

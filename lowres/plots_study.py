@@ -256,7 +256,7 @@ def figure_runs(
     import seaborn as sns
     from matplotlib.figure import Figure
 
-    from lowres.plots import _fmt_far, _legend
+    from lowres.plots import _fmt_far, _legend, draw_curves
     from lowres.results import primary_rows
 
     parts = []
@@ -287,23 +287,7 @@ def figure_runs(
             if has_margin:
                 rows.append((axes[1][j], mine[mine["metric"] == "ring_margin"]))
             for ax, sub in rows:
-                for model, g in sub.groupby("model"):
-                    g = g.sort_values("size_px")
-                    st = styles[model]
-                    x = g["size_px"].to_numpy(float)
-                    ax.fill_between(
-                        x, g["ci_low"], g["ci_high"], color=st["color"], alpha=0.12, linewidth=0
-                    )
-                    ax.plot(
-                        x,
-                        g["value"],
-                        color=st["color"],
-                        linestyle=st["linestyle"],
-                        marker=st["marker"],
-                        markersize=4,
-                        linewidth=1.8,
-                        zorder=st["zorder"],
-                    )
+                draw_curves(ax, sub, styles)
                 sizes = sub["size_px"].dropna().astype(int).unique()
                 if len(sizes):
                     _log2_size_axis(ax, sizes)

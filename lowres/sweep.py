@@ -1786,19 +1786,39 @@ def assemble(
     return table, roc_frame, norms_frame
 
 
-def _seed_mean(cells_dir, cells, level, name, scale, folds, seeds, fars, config) -> dict:
-    """Seed-mean TAR of one model at one scale with its identity + seed bootstrap interval
-    (:func:`bootstrap_tar` with one model), cached in ``cells/`` like the margins."""
-    key = {
-        "format": "lowres-seedmean/1",
-        "model": [cells[(name, f, s, scale)]["key"] for f in folds for s in seeds],
+def _cached_bootstrap(
+    cells_dir,
+    cells,
+    level,
+    models,
+    scale,
+    folds,
+    seeds,
+    fars,
+    config,
+    *,
+    fmt: str,
+    prefix: str,
+    summarise,
+) -> dict:
+    """:func:`bootstrap_tar` of ``models`` (one, or a model and its base) at one scale, cached
+    in ``cells/`` as ``<prefix>__<model>__<size>px__<digest>.json``.
+
+    The cache key holds every model's cell keys, the FARs and the bootstrap settings, so a
+    rerun (or a sweep extended by another scale) reuses every result already computed.
+    ``summarise(boot)`` picks what is stored from the bootstrap's output.
+    """
+    key = {"format": fmt}
+    for role, name in zip(("model", "base"), models, strict=False):
+        key[role] = [cells[(name, f, s, scale)]["key"] for f in folds for s in seeds]
+    key |= {
         "fars": [repr(float(f)) for f in fars],
         "n_boot": int(config.n_boot),
         "boot_seed": int(config.boot_seed),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     size = key["model"][0]["size_px"]
-    path = cells_dir / f"seedmean__{_slug(name)}__{size:04d}px__{digest}.json"
+    path = cells_dir / f"{prefix}__{_slug(models[0])}__{size:04d}px__{digest}.json"
     if path.is_file():
         try:
             cached = json.loads(path.read_text(encoding="utf-8"))
@@ -1808,62 +1828,58 @@ def _seed_mean(cells_dir, cells, level, name, scale, folds, seeds, fars, config)
             pass
     groups = []
     for seed in seeds:
-        mine = level(name, seed, scale)
-        groups.append([(mine[0], mine[1], mine[2])])
+        groups.append([level(name, seed, scale)[:3] for name in models])
     boot = bootstrap_tar(groups, fars, n_boot=config.n_boot, seed=config.boot_seed)
     same = groups[0][0][1] == groups[0][0][2]
     result = {
         "key": key,
-        "point": [float(v) for v in boot["point"][0]],
-        "low": [float(v) for v in boot["low"][0]],
-        "high": [float(v) for v in boot["high"][0]],
+        **summarise(boot),
         "n_genuine": int(same.sum()),
         "n_impostor": int((~same).sum()),
     }
     atomic_write_json(path, result)
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _seed_mean(cells_dir, cells, level, name, scale, folds, seeds, fars, config) -> dict:
+    """Seed-mean TAR of one model at one scale with its identity + seed bootstrap interval."""
+    return _cached_bootstrap(
+        cells_dir,
+        cells,
+        level,
+        (name,),
+        scale,
+        folds,
+        seeds,
+        fars,
+        config,
+        fmt="lowres-seedmean/1",
+        prefix="seedmean",
+        summarise=lambda boot: {
+            k: [float(v) for v in boot[k][0]] for k in ("point", "low", "high")
+        },
+    )
 
 
 def _margin(cells_dir, cells, level, name, base, scale, folds, seeds, fars, config) -> dict:
-    """Ring-margin bootstrap of ``name`` vs ``base`` at one scale, cached in ``cells/``.
-
-    The cache key holds both models' cell keys, the FARs and the bootstrap settings, so a
-    rerun (or a sweep extended by another scale) reuses every margin already computed.
-    """
-    key = {
-        "format": "lowres-margin/1",
-        "model": [cells[(name, f, s, scale)]["key"] for f in folds for s in seeds],
-        "base": [cells[(base, f, s, scale)]["key"] for f in folds for s in seeds],
-        "fars": [repr(float(f)) for f in fars],
-        "n_boot": int(config.n_boot),
-        "boot_seed": int(config.boot_seed),
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    size = key["model"][0]["size_px"]
-    path = cells_dir / f"margin__{_slug(name)}__{size:04d}px__{digest}.json"
-    if path.is_file():
-        try:
-            cached = json.loads(path.read_text(encoding="utf-8"))
-            if cached.get("key") == key:
-                return cached
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            pass
-    groups = []
-    for seed in seeds:
-        mine, theirs = level(name, seed, scale), level(base, seed, scale)
-        groups.append([(mine[0], mine[1], mine[2]), (theirs[0], theirs[1], theirs[2])])
-    boot = bootstrap_tar(groups, fars, n_boot=config.n_boot, seed=config.boot_seed)
-    same = groups[0][0][1] == groups[0][0][2]
-    result = {
-        "key": key,
-        "diff_point": [float(v) for v in boot["diff_point"]],
-        "diff_low": [float(v) for v in boot["diff_low"]],
-        "diff_high": [float(v) for v in boot["diff_high"]],
-        "n_genuine": int(same.sum()),
-        "n_impostor": int((~same).sum()),
-    }
-    atomic_write_json(path, result)
-    return json.loads(path.read_text(encoding="utf-8"))
+    """Ring-margin bootstrap of ``name`` vs ``base`` at one scale (paired over identities and
+    seeds)."""
+    return _cached_bootstrap(
+        cells_dir,
+        cells,
+        level,
+        (name, base),
+        scale,
+        folds,
+        seeds,
+        fars,
+        config,
+        fmt="lowres-margin/1",
+        prefix="margin",
+        summarise=lambda boot: {
+            k: [float(v) for v in boot[k]] for k in ("diff_point", "diff_low", "diff_high")
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------
