@@ -1,5 +1,5 @@
 """Figures of a sweep, drawn only from its tidy tables (``results.csv``, ``roc.csv``,
-``norms.csv``), each written atomically as PNG and PDF into ``RUN/figures/``.
+``norms.csv``, ``scores.csv``), each written atomically as PNG and PDF into ``RUN/figures/``.
 
 1. ``tar_vs_resolution``: verification rate (TAR) vs probe face width (pixels, log2 axis), one
    panel per FAR, one line per model with its 95% Clopper-Pearson band. Each loss family has one
@@ -13,6 +13,10 @@
 4. ``genuine_cosine``: mean cosine of genuine pairs vs face width.
 5. ``ring_margin``: TAR(X+R) - TAR(X) vs face width with the paired bootstrap 95% interval, one
    panel per FAR, zero line drawn.
+6. ``scores`` (from ``scores.csv``): genuine and impostor cosine distributions, one row per model
+   and one column per face width, with the threshold fixed on clean pairs at FAR 1e-2 (or the
+   sweep's FAR nearest it), d' and the share of genuine pairs that threshold rejects at each
+   width: how the genuine scores slide into the impostors as faces shrink.
 
 Matplotlib's object API is used (no pyplot, no global backend or style change), so plotting
 works headless and inside other programs. Several seeds are averaged
@@ -443,12 +447,99 @@ def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict]):
     return fig
 
 
+def figure_scores(scores: pd.DataFrame, prim: pd.DataFrame, styles: dict[str, dict]):
+    """Figure 6 from ``scores.csv`` rows (counts summed over seeds) and primary rows."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    counts = scores.groupby(["model", "size_px", "bin_low", "bin_high"], as_index=False)[
+        ["n_genuine", "n_impostor"]
+    ].sum()
+    models = sorted(counts["model"].unique(), key=lambda m: styles[m]["order"])
+    sizes = sorted(counts["size_px"].unique(), reverse=True)
+    fars = sorted(prim.loc[prim["metric"] == "transfer_frr", "far"].dropna().unique())
+    far = min(fars, key=lambda f: abs(math.log10(f) + 2.0)) if fars else None
+
+    def value(metric, model, size=None, column="value"):
+        sel = (prim["metric"] == metric) & (prim["model"] == model)
+        if size is not None:
+            sel &= prim["size_px"] == size
+        if metric.startswith("transfer"):
+            sel &= np.isclose(prim["far"].astype(float), far)
+        got = prim.loc[sel, column]
+        return float(got.iloc[0]) if len(got) else math.nan
+
+    occupied = counts[(counts["n_genuine"] + counts["n_impostor"]) > 0]
+    lo = max(-1.0, math.floor(occupied["bin_low"].min() * 10) / 10) if len(occupied) else -1.0
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2.2 * len(sizes) + 2.4, 1.45 * len(models) + 1.3), layout="constrained")
+    axes = fig.subplots(len(models), len(sizes), squeeze=False, sharex=True)
+    impostor_colour = (0.72, 0.72, 0.72)
+    for r, model in enumerate(models):
+        st = styles[model]
+        threshold = value("transfer_far", model, column="threshold") if far else math.nan
+        for c, size in enumerate(sizes):
+            ax = axes[r][c]
+            g = counts[(counts["model"] == model) & (counts["size_px"] == size)]
+            g = g.sort_values("bin_low")
+            edges = np.append(g["bin_low"].to_numpy(float), g["bin_high"].to_numpy(float)[-1:])
+            width = np.diff(edges)
+            for column, colour, alpha in (
+                ("n_impostor", impostor_colour, 0.9),
+                ("n_genuine", st["color"], 0.55),
+            ):
+                n = g[column].to_numpy(float)
+                density = n / max(n.sum(), 1.0) / width
+                ax.stairs(density, edges, fill=True, color=colour, alpha=alpha, linewidth=0)
+                ax.stairs(density, edges, color=colour, linewidth=0.9)
+            if math.isfinite(threshold):
+                ax.axvline(threshold, color="black", linestyle="--", linewidth=0.9)
+            text = f"d' {value('dprime', model, size):.2f}"
+            frr = value("transfer_frr", model, size) if far else math.nan
+            if math.isfinite(frr):
+                text += f"\nFRR {frr:.2f}"
+            ax.text(0.03, 0.95, text, transform=ax.transAxes, va="top", ha="left", fontsize=7)
+            ax.set_yticks([])
+            ax.set_xlim(lo, 1.0)
+            ax.grid(True, axis="x", alpha=0.3)
+            if r == 0:
+                ax.set_title(f"probe width {int(size)} px", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(model, fontsize=8, rotation=0, ha="right", va="center")
+            if r == len(models) - 1:
+                ax.set_xlabel("cosine score")
+    handles = [
+        Patch(facecolor=(0.3, 0.3, 0.3), alpha=0.55, label="genuine pairs (model colour)"),
+        Patch(facecolor=impostor_colour, label="impostor pairs"),
+    ]
+    if far is not None:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                linestyle="--",
+                label=f"threshold set on clean\npairs at FAR {_fmt_far(far)}",
+            )
+        )
+    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=8)
+    fig.suptitle(
+        "Genuine and impostor score distributions per probe resolution (density, each area 1)\n"
+        "d': decidability; FRR: share of genuine pairs the clean threshold rejects\n"
+        + _caption(prim),
+        fontsize=10,
+    )
+    return fig
+
+
 def plot_tables(
     table: pd.DataFrame,
     out_dir: str | os.PathLike,
     *,
     roc: pd.DataFrame | None = None,
     norms: pd.DataFrame | None = None,
+    scores: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Draw every figure the given tables allow into ``out_dir``; returns the written files."""
     import seaborn as sns
@@ -468,13 +559,15 @@ def plot_tables(
             figures.append(("roc", figure_roc(roc, styles, caption)))
         if norms is not None and not norms.empty:
             figures.append(("norms", figure_norms(norms, styles, caption)))
+        if scores is not None and not scores.empty:
+            figures.append(("scores", figure_scores(scores, prim, styles)))
         for stem, fig in figures:
             if fig is not None:
                 written += _save(fig, out_dir, stem)
     return written
 
 
-FIGURE_STEMS = ("tar_vs_resolution", "genuine_cosine", "ring_margin", "roc", "norms")
+FIGURE_STEMS = ("tar_vs_resolution", "genuine_cosine", "ring_margin", "roc", "norms", "scores")
 _STYLE_VERSION = "2"  # 2: seed-mean bands, variant families, margin band caption
 _DIGEST_FILE = ".source-digest"
 
@@ -483,7 +576,8 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
     """Figures of a sweep folder into ``RUN/figures/`` (PNG + PDF).
 
     The figures are redrawn only when the tables they come from changed (a digest of
-    ``results.csv``, ``roc.csv`` and ``norms.csv`` is kept beside them) or ``force`` is set,
+    ``results.csv``, ``roc.csv``, ``norms.csv`` and ``scores.csv`` is kept beside them) or
+    ``force`` is set,
     so rerunning a finished sweep costs no drawing time.
 
     Raises:
@@ -498,7 +592,7 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
     table = read_table(table_path)
     out_dir = run_dir / FIGURES_DIR
     digest = hashlib.sha256(_STYLE_VERSION.encode())
-    for name in ("results.csv", "roc.csv", "norms.csv"):
+    for name in ("results.csv", "roc.csv", "norms.csv", "scores.csv"):
         path = run_dir / name
         digest.update(path.read_bytes() if path.is_file() else b"-")
     digest_path = out_dir / _DIGEST_FILE
@@ -508,7 +602,8 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
             return existing
     roc = _read_optional(run_dir / "roc.csv")
     norms = _read_optional(run_dir / "norms.csv")
-    written = plot_tables(table, out_dir, roc=roc, norms=norms)
+    scores = _read_optional(run_dir / "scores.csv")
+    written = plot_tables(table, out_dir, roc=roc, norms=norms, scores=scores)
     from lowres.atomic import atomic_write_text
 
     atomic_write_text(digest_path, digest.hexdigest())

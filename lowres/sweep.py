@@ -14,9 +14,10 @@ identities of both images of each pair, per-image feature norms) and then ``NAME
 table rows and clean-reference facts), each atomically; a cell exists iff its JSON does. A rerun
 with the same arguments skips every existing cell, so an interrupted sweep (SIGINT, SIGKILL)
 only computes what is missing, and adding a scale or a model computes only the new cells.
-``results.csv``, ``roc.csv``, ``norms.csv`` and ``provenance.json`` are assembled from the cells
-at the end, atomically, in a fixed order, so the same arguments and seed give the same bytes.
-Every pair score is kept (float32: pooling, the bootstrap and the ROC figure read them back), so
+``results.csv``, ``roc.csv``, ``norms.csv``, ``scores.csv`` (genuine and impostor score
+histograms) and ``provenance.json`` are assembled from the cells at the end, atomically, in a
+fixed order, so the same arguments and seed give the same bytes. Every pair score is kept
+(float32: pooling, the bootstrap, the ROC and score figures read them back), so
 a cell costs 4 bytes per pair: 4.5 MB for synth's cpu preset (1.12M pairs), 20 KB for an ORL
 fold; all-vs-all protocols above :data:`MAX_PAIRS` pairs are refused.
 
@@ -109,6 +110,9 @@ MAX_PAIRS = 20_000_000
 """Largest all-vs-all protocol a sweep accepts (scores are stored: 4 bytes per pair per cell)."""
 ROC_POINTS = 80
 """Number of log-spaced FAR points per ROC curve in ``roc.csv``."""
+SCORE_BINS = 128
+"""Equal-width cosine bins over [-1, 1] of the genuine/impostor histograms in ``scores.csv``
+(width 1/64: every edge is exact in binary, so the table prints them exactly)."""
 
 
 def default_model_cache() -> Path:
@@ -491,6 +495,7 @@ _OWN_OUTPUTS = (
     "results.csv",
     "roc.csv",
     "norms.csv",
+    "scores.csv",
     "provenance.json",
     CELLS_DIR,
     "figures",
@@ -967,6 +972,25 @@ def roc_points(scores: np.ndarray, issame: np.ndarray, n_points: int = ROC_POINT
     return np.asarray(out, dtype=np.float64)
 
 
+def score_histogram(
+    scores: np.ndarray, issame: np.ndarray, bins: int = SCORE_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Genuine and impostor pair counts in ``bins`` equal cosine bins over [-1, 1].
+
+    Bins are half-open ``[lo, hi)`` except the last, which holds 1.0 (numpy's convention);
+    scores are cosines, already clipped to [-1, 1], so every pair is counted once.
+
+    Returns:
+        (edges (bins + 1,), genuine counts (bins,), impostor counts (bins,)), counts int64.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    edges = np.linspace(-1.0, 1.0, bins + 1)
+    gen = np.histogram(scores[issame], bins=edges)[0].astype(np.int64)
+    imp = np.histogram(scores[~issame], bins=edges)[0].astype(np.int64)
+    return edges, gen, imp
+
+
 # --------------------------------------------------------------------------------------------
 # Models: train on demand with a cache, load checkpoints, raw-pixel reference
 # --------------------------------------------------------------------------------------------
@@ -1400,18 +1424,20 @@ def _table_provenance(model_info, grid, fars, config: SweepConfig) -> dict[str, 
 def _assemble_outputs(
     out: Path, cells, model_info, grid, folds, seeds, fars, context, config: SweepConfig, timings
 ) -> tuple[pd.DataFrame, list[Path]]:
-    """Cells in ``out/cells`` -> results.csv, roc.csv, norms.csv, the baseline and figures.
+    """Cells in ``out/cells`` -> results.csv, roc.csv, norms.csv, scores.csv, the baseline and
+    figures.
 
     The one assembly path of both :func:`run_sweep` and :func:`merge_shards`, so a merged
     sweep writes the bytes an unsharded one writes.
     """
     t0 = time.perf_counter()
-    table, roc_frame, norms_frame = assemble(
+    table, roc_frame, norms_frame, scores_frame = assemble(
         out / CELLS_DIR, cells, model_info, grid, folds, seeds, fars, context, config, timings
     )
     write_table(table, out / "results.csv")
     _write_frame(roc_frame, out / "roc.csv")
     _write_frame(norms_frame, out / "norms.csv")
+    _write_frame(scores_frame, out / "scores.csv")
     timings["assemble"] = time.perf_counter() - t0 - timings.get("bootstrap", 0.0)
     if config.save_baseline is not None:
         from lowres.check import save_baseline
@@ -1590,8 +1616,9 @@ def assemble(
     context: dict[str, str],
     config: SweepConfig,
     timings: dict[str, float],
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Cells -> (results table, ROC points, per-image norms), all deterministic."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Cells -> (results table, ROC points, per-image norms, score histograms), all
+    deterministic."""
     size_of = dict(grid)
     rows: list[dict[str, Any]] = []
     for (name, fold, seed, scale), cell in sorted(cells.items()):
@@ -1752,7 +1779,7 @@ def assemble(
         normalise(pd.concat([table, to_frame(summary), to_frame(margin_rows)], ignore_index=True))
     )
 
-    roc_rows, norm_rows = [], []
+    roc_rows, norm_rows, score_rows = [], [], []
     for name in names:
         for seed in seeds:
             clean_norm_mean = float(level(name, seed, 1.0)[4].mean())
@@ -1760,6 +1787,21 @@ def assemble(
                 s, _, _, same, norms = level(name, seed, scale)
                 for far, tar in roc_points(s, same):
                     roc_rows.append((name, model_info[name].method, seed, scale, size, far, tar))
+                edges, gen, imp = score_histogram(s, same)
+                for b in range(edges.size - 1):
+                    score_rows.append(
+                        (
+                            name,
+                            model_info[name].method,
+                            seed,
+                            scale,
+                            size,
+                            edges[b],
+                            edges[b + 1],
+                            gen[b],
+                            imp[b],
+                        )
+                    )
                 for i, v in enumerate(norms):
                     norm_rows.append(
                         (
@@ -1780,10 +1822,17 @@ def assemble(
         norm_rows,
         columns=["model", "method", "seed", "scale", "size_px", "image", "norm", "norm_rel"],
     )
-    for frame in (roc_frame, norms_frame):
+    scores_frame = pd.DataFrame(
+        score_rows,
+        columns=[
+            *("model", "method", "seed", "scale", "size_px"),
+            *("bin_low", "bin_high", "n_genuine", "n_impostor"),
+        ],
+    )
+    for frame in (roc_frame, norms_frame, scores_frame):
         frame.insert(0, "pairing", context["pairing"])
         frame.insert(0, "dataset", context["dataset"])
-    return table, roc_frame, norms_frame
+    return table, roc_frame, norms_frame, scores_frame
 
 
 def _cached_bootstrap(

@@ -18,7 +18,7 @@ def _write_run(folder):
     rng = np.random.default_rng(0)
     ctx = {"dataset": "synth", "pairing": "probe", "degrade": "bicubic>bicubic"}
     ctx["degrade_hash"] = "0123456789ab"
-    rows, roc, norms = [], [], []
+    rows, roc, norms, scores = [], [], [], []
     for m in MODELS:
         for size in SIZES:
             base = {**ctx, "model": m, "method": m, "scale": size / 48, "size_px": size}
@@ -51,6 +51,28 @@ def _write_run(folder):
                         )
                     )
             rows.append(make_row(**base, metric="genuine_cos_mean", value=size / 60))
+            rows.append(make_row(**base, metric="dprime", value=size / 12))
+            for far in (1e-2, 1e-1):
+                for metric, value in (("transfer_far", far * 48 / size), ("transfer_frr", 0.5)):
+                    row = make_row(**base, metric=metric, far=far, value=value, threshold=0.4)
+                    rows.append(row)
+            edges = np.linspace(-1, 1, 129)
+            gen = np.histogram(rng.normal(size / 60, 0.2, 90), bins=edges)[0]
+            imp = np.histogram(rng.normal(0.0, 0.15, 4000), bins=edges)[0]
+            for b in range(128):
+                scores.append(
+                    {
+                        "model": m,
+                        "method": m,
+                        "seed": 0,
+                        "scale": size / 48,
+                        "size_px": size,
+                        "bin_low": edges[b],
+                        "bin_high": edges[b + 1],
+                        "n_genuine": gen[b],
+                        "n_impostor": imp[b],
+                    }
+                )
             for far in np.geomspace(1e-3, 1, 20):
                 roc.append(
                     {
@@ -81,13 +103,14 @@ def _write_run(folder):
     write_table(table, folder / "results.csv")
     pd.DataFrame(roc).to_csv(folder / "roc.csv", index=False)
     pd.DataFrame(norms).to_csv(folder / "norms.csv", index=False)
+    pd.DataFrame(scores).to_csv(folder / "scores.csv", index=False)
 
 
 def test_every_figure_written_as_png_and_pdf(tmp_path):
     _write_run(tmp_path)
     files = plot_run(tmp_path)
     stems = {p.stem for p in files}
-    assert stems == {"tar_vs_resolution", "roc", "norms", "genuine_cosine", "ring_margin"}
+    assert stems == {"tar_vs_resolution", "roc", "norms", "genuine_cosine", "ring_margin", "scores"}
     for p in files:
         assert p.suffix in (".png", ".pdf") and p.stat().st_size > 5000
         assert p.read_bytes()[:4] in (b"\x89PNG", b"%PDF")

@@ -1,7 +1,7 @@
 """Sharded sweeps (`lowres sweep --shard i/n`) joined by `lowres merge` equal an unsharded sweep.
 
 The reference is an independent, unsharded :func:`lowres.sweep.run_sweep` of the same
-settings; the merged folder must hold the same results.csv, roc.csv and norms.csv bytes.
+settings; the merged folder must hold the same results.csv, roc.csv, norms.csv and scores.csv bytes.
 The tiny synthetic preset of tests/test_sweep.py and 1-epoch models keep this file fast
 (jobs=1: spawned training workers would not see the test-only preset).
 """
@@ -21,7 +21,7 @@ from lowres import sweep as S
 from lowres.errors import ConfigError, ResultsError
 
 SCALES = (1.0, 0.5)
-OUTPUTS = ("results.csv", "roc.csv", "norms.csv")
+OUTPUTS = ("results.csv", "roc.csv", "norms.csv", "scores.csv")
 
 
 def _config(out: Path, cache: Path, **changes) -> S.SweepConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tiny_sweep import MODELS, PRESET_SNIPPET, cli, register_preset, tiny_config
@@ -79,6 +81,16 @@ def test_reference_table_shape(reference):
     assert np.allclose(ratio, 1.0)
     for metric in ("resolution_auc", "critical_size_px", "tar_drop"):
         assert (table["metric"] == metric).any()
+    # Score histograms: every pair counted once, and their means agree with the table's.
+    hist = pd.read_csv(config.out / "scores.csv")
+    for (model, scale), g in hist.groupby(["model", "scale"]):
+        assert g["n_genuine"].sum() == 72 and g["n_impostor"].sum() == 1056
+        mid = (g["bin_low"] + g["bin_high"]) / 2
+        row = table[(table["model"] == model) & (table["scale"] == scale)]
+        for col, metric in (("n_genuine", "genuine_cos_mean"), ("n_impostor", "impostor_cos_mean")):
+            want = row.loc[row["metric"] == metric, "value"].iloc[0]
+            got = (mid * g[col]).sum() / g[col].sum()
+            assert abs(got - want) <= 1 / 128 + 1e-12
     prov = json.loads((config.out / "provenance.json").read_text())
     assert prov["status"] == "complete"
     assert prov["degradation"]["hash"] == table["degrade_hash"].iloc[0]
@@ -324,6 +336,22 @@ def test_roc_points_are_exact_tar_at_far():
     pts = S.roc_points(scores, ia == ib, n_points=20)
     for far, tar in pts[:-1]:
         assert tar == pytest.approx(tar_at_far(scores, ia == ib, max(far, 1e-12)).tar)
+
+
+def test_score_histogram_matches_a_naive_loop():
+    rng = np.random.default_rng(3)
+    scores = np.clip(rng.normal(0.2, 0.5, 2000), -1.0, 1.0)
+    # Exact edges and both ends of the range land in the bins a loop puts them in.
+    scores[:6] = [-1.0, 1.0, 0.0, 0.5, -0.984375, 1.0 - 2**-6]
+    issame = rng.random(2000) < 0.3
+    edges, gen, imp = S.score_histogram(scores, issame, bins=128)
+    assert edges.size == 129 and edges[0] == -1.0 and edges[-1] == 1.0
+    want_gen, want_imp = [0] * 128, [0] * 128
+    for s_, same in zip(scores, issame, strict=True):
+        b = min(math.floor((s_ + 1.0) * 64), 127)
+        (want_gen if same else want_imp)[b] += 1
+    assert gen.tolist() == want_gen and imp.tolist() == want_imp
+    assert gen.sum() == issame.sum() and imp.sum() == (~issame).sum()
 
 
 def test_pair_scores_match_a_per_pair_loop():
