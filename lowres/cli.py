@@ -200,11 +200,13 @@ def data_list_cmd() -> None:
 @click.option("--preset", default=None, help="Dataset preset (synth).")
 def data_show_cmd(name, sheet, ids, per_id, fold, seed, preset) -> None:
     """Describe dataset NAME (builtin, manifest name, path to a .toml, .bin or train.rec)."""
-    from lowres.data import get_split, load_dataset
-    from lowres.data.registry import has_own_split, protocol_summary
+    from lowres.data import load_dataset
+    from lowres.data.registry import get_split_labels, has_own_split, protocol_summary
 
     ds = load_dataset(name, seed=seed, preset=preset)
-    split = get_split(name, fold=fold, seed=seed, preset=preset) if has_own_split(name) else None
+    split = None
+    if has_own_split(name):
+        split = get_split_labels(name, fold=fold, seed=seed, preset=preset)
     summary = protocol_summary(ds, fold=fold, seed=seed, split=split)
     h, w = ds.image_size
     meta = ds.meta

