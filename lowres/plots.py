@@ -483,6 +483,9 @@ def figure_scores(scores: pd.DataFrame, prim: pd.DataFrame, styles: dict[str, di
             ax = axes[r][c]
             g = counts[(counts["model"] == model) & (counts["size_px"] == size)]
             g = g.sort_values("bin_low")
+            if g.empty:  # this model has no cell at this width
+                ax.set_axis_off()
+                continue
             edges = np.append(g["bin_low"].to_numpy(float), g["bin_high"].to_numpy(float)[-1:])
             width = np.diff(edges)
             for column, colour, alpha in (
@@ -495,10 +498,11 @@ def figure_scores(scores: pd.DataFrame, prim: pd.DataFrame, styles: dict[str, di
                 ax.stairs(density, edges, color=colour, linewidth=0.9)
             if math.isfinite(threshold):
                 ax.axvline(threshold, color="black", linestyle="--", linewidth=0.9)
-            text = f"d' {value('dprime', model, size):.2f}"
+            dprime = value("dprime", model, size)
             frr = value("transfer_frr", model, size) if far else math.nan
-            if math.isfinite(frr):
-                text += f"\nFRR {frr:.2f}"
+            notes = [f"d' {dprime:.2f}"] if math.isfinite(dprime) else []
+            notes += [f"FRR {frr:.2f}"] if math.isfinite(frr) else []
+            text = "\n".join(notes)
             ax.text(0.03, 0.95, text, transform=ax.transAxes, va="top", ha="left", fontsize=7)
             ax.set_yticks([])
             ax.set_xlim(lo, 1.0)

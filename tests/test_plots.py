@@ -143,3 +143,20 @@ def test_missing_run_is_an_error(tmp_path):
         plot_run(tmp_path / "nope")
     with pytest.raises(ResultsError):
         plot_run(tmp_path)
+
+
+def test_scores_figure_tolerates_a_missing_width_and_missing_rows(tmp_path):
+    """A model without a cell at some width, and a table without d'/transfer rows, still draw."""
+    from lowres.plots import figure_scores
+
+    _write_run(tmp_path)
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    scores = scores[~((scores["model"] == "SM") & (scores["size_px"] == 6))]
+    table = pd.read_csv(tmp_path / "results.csv")
+    table = table[~table["metric"].isin(["dprime", "transfer_far", "transfer_frr"])]
+    styles = model_styles(table[["model", "method"]])
+    fig = figure_scores(scores, table, styles)
+    axes = fig.get_axes()
+    assert len(axes) == len(MODELS) * len(SIZES)
+    assert sum(not ax.axison for ax in axes) == 1
+    assert not any(t.get_text() for ax in axes for t in ax.texts)
