@@ -40,6 +40,13 @@ code, which may call any operator registered in the process: treat an archive as
 and load those from sources you trust. An ONNX file is a protobuf graph of ONNX operators;
 onnxruntime runs it with its own kernels and no custom-operator libraries are registered here.
 
+**Why not ``torch.export`` (.pt2).** torch 2.13 marks ``torch.jit`` deprecated in favour of
+``torch.export``, but ``torch.export.load`` restores weights with
+``torch.load(weights_only=False)``, a full unpickler that can run any Python named in the file,
+and its format is documented as not yet stable across torch versions. TorchScript stays
+supported for the models users already have; ONNX is the stable, code-free format to hand a
+model to lowres.
+
 **Cache identity.** :func:`model_hash`: sha256 over the format, the file's sha256 and the
 adapter fields, so changing the file or any adapter value gives new sweep cells.
 """
