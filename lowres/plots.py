@@ -494,8 +494,16 @@ def figure_scores(scores: pd.DataFrame, prim: pd.DataFrame, styles: dict[str, di
             ):
                 n = g[column].to_numpy(float)
                 density = n / max(n.sum(), 1.0) / width
-                ax.stairs(density, edges, fill=True, color=colour, alpha=alpha, linewidth=0)
-                ax.stairs(density, edges, color=colour, linewidth=0.9)
+                # One filled StepPatch with its own outline: half the patches of fill + line,
+                # and patch-limit updates are most of this figure's drawing time.
+                ax.stairs(
+                    density,
+                    edges,
+                    fill=True,
+                    facecolor=(*colour[:3], alpha),
+                    edgecolor=colour,
+                    linewidth=0.9,
+                )
             if math.isfinite(threshold):
                 ax.axvline(threshold, color="black", linestyle="--", linewidth=0.9)
             dprime = value("dprime", model, size)
