@@ -580,7 +580,7 @@ def plot_tables(
 
 
 FIGURE_STEMS = ("tar_vs_resolution", "genuine_cosine", "ring_margin", "roc", "norms", "scores")
-_STYLE_VERSION = "2"  # 2: seed-mean bands, variant families, margin band caption
+_STYLE_VERSION = "3"  # 2: seed-mean bands, variant families, margin band caption; 3: scores
 _DIGEST_FILE = ".source-digest"
 
 
