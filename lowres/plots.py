@@ -612,9 +612,12 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
         existing = sorted(p for p in out_dir.iterdir() if p.suffix in (".png", ".pdf"))
         if existing:
             return existing
-    roc = _read_optional(run_dir / "roc.csv")
-    norms = _read_optional(run_dir / "norms.csv")
-    scores = _read_optional(run_dir / "scores.csv")
+    roc = _read_optional(run_dir / "roc.csv", ("model", "size_px", "far", "tar"))
+    norms = _read_optional(run_dir / "norms.csv", ("model", "size_px", "norm_rel"))
+    scores = _read_optional(
+        run_dir / "scores.csv",
+        ("model", "size_px", "bin_low", "bin_high", "n_genuine", "n_impostor"),
+    )
     written = plot_tables(table, out_dir, roc=roc, norms=norms, scores=scores)
     from lowres.atomic import atomic_write_text
 
@@ -622,10 +625,19 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
     return written
 
 
-def _read_optional(path: Path) -> pd.DataFrame | None:
+def _read_optional(path: Path, columns: Sequence[str]) -> pd.DataFrame | None:
+    """A side table of the sweep, None when absent; unreadable or missing a column ->
+    ResultsError (one line), never a traceback from deep inside a figure."""
     if not path.is_file():
         return None
     try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{path} is not a readable CSV ({exc}); rerun the sweep") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ResultsError(
+            f"{path} lacks column(s) {', '.join(missing)}; it was not written by lowres sweep "
+            "(rerun the sweep, or delete the file to draw without it)"
+        )
+    return frame

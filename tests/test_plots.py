@@ -160,3 +160,22 @@ def test_scores_figure_tolerates_a_missing_width_and_missing_rows(tmp_path):
     assert len(axes) == len(MODELS) * len(SIZES)
     assert sum(not ax.axison for ax in axes) == 1
     assert not any(t.get_text() for ax in axes for t in ax.texts)
+
+
+@pytest.mark.parametrize("name", ["roc.csv", "norms.csv", "scores.csv"])
+def test_foreign_side_table_is_one_line_exit_2(tmp_path, name):
+    """A side table lowres did not write (wrong columns) is bad input: one line, exit 2,
+    no figure half-drawn."""
+    from click.testing import CliRunner
+
+    from lowres.cli import cli
+
+    _write_run(tmp_path)
+    (tmp_path / name).write_text("a,b\n1,2\n")
+    with pytest.raises(ResultsError, match=f"{name} lacks column"):
+        plot_run(tmp_path)
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and name in lines[0]
+    assert not (tmp_path / "figures").exists()
