@@ -1245,6 +1245,7 @@ def run_sweep(
         raise ConfigError(f"pairing {config.pairing!r} is not one of {', '.join(PAIRINGS)}")
     if int(config.batch_size) < 1:
         raise ConfigError(f"batch size must be >= 1, got {config.batch_size}")
+    _device_name(config.device)  # an unknown or absent device fails before the folder exists
     if not (0 < config.critical_tar <= 1):
         raise ConfigError(f"critical TAR {config.critical_tar!r} is outside (0, 1]")
     fars = validate_fars(config.fars)

@@ -215,6 +215,20 @@ def test_bad_input_exits_2_and_keeps_results(reference, tmp_path, extra):
     assert _tree_digest(out) == before
 
 
+@pytest.mark.parametrize("device", ["tpu", "cuda:0"])
+def test_bad_device_fails_before_the_output_folder_exists(tmp_path, device):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("CUDA is available here, so cuda:0 is a valid device")
+    out = tmp_path / "new"
+    args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM"]
+    args += ["--out", str(out), "--device", device, "--no-plot"]
+    register_preset()
+    result = cli(args)
+    assert result.exit_code == 2, result.output
+    assert "device" in result.output
+    assert not out.exists()
+
+
 def test_other_settings_refused_then_forced(reference, tmp_path):
     config, _, _ = reference
     out = tmp_path / "force"
