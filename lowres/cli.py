@@ -28,13 +28,21 @@ class BadInput(click.ClickException):
 
 
 class LowresGroup(click.Group):
-    """Click group that turns library errors into one clear line and exit code 2."""
+    """Click group that turns library errors, and click's own usage errors in a command's
+    options, into one clear line and exit code 2 (click would print a usage block first)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except LowresError as exc:
             raise BadInput(str(exc)) from None
+        except click.UsageError as exc:
+            where = ctx.command_path
+            if exc.ctx is not None and exc.ctx is not ctx:
+                where = exc.ctx.command_path
+            elif ctx.invoked_subcommand:
+                where = f"{where} {ctx.invoked_subcommand}"
+            raise BadInput(f"{exc.format_message()} ({where} -h lists the options)") from None
 
 
 @click.group(cls=LowresGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -190,3 +190,23 @@ def test_synth_summary_from_labels_equals_the_rendered_split(monkeypatch):
         assert f"fold {fold}: train 9 ids / 27 images, test 5 ids / 10 images" in lines
         # 5 identities x 2 images: 5 genuine pairs, C(10, 2) - 5 = 40 impostor pairs.
         assert f"all-vs-all on test fold {fold}: 5 genuine, 40 impostor pairs" in lines
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["sweep", "--far", "2"], " sweep -h lists the options"),
+        (["sweep", "--no-such-option"], "No such option"),
+        (["train"], "Missing option '--method'"),
+        (["data", "show"], " data show -h"),
+        (["run", "experiments/norms.toml", "--set"], " run -h"),
+        (["check"], "Missing argument"),
+    ],
+)
+def test_click_usage_errors_are_one_line_exit_2(args, fragment):
+    """Option errors click catches itself get the same one-line form as library errors."""
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert fragment in lines[0] and "Usage:" not in result.output
