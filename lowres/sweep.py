@@ -1265,8 +1265,10 @@ def run_sweep(
     spec = DEFAULT if config.degrade is None else parse_degrade(config.degrade)
     degrade_text, degrade_hash = str(spec), spec.hash()
 
-    # Load every test split before touching the output folder: bad data fails early.
+    # Load every test split, and find every training set, before touching the output folder:
+    # bad data fails early.
     tests = {f: _test_split(config, f) for f in folds}
+    _check_training_data(config)
     first_test = tests[folds[0]]
     height, width = first_test.image_size
     grid = _sizes_and_scales(config, width)
@@ -1452,6 +1454,15 @@ def _assemble_outputs(
         figures = plot_run(out)
         timings["plot"] = time.perf_counter() - t0
     return table, figures
+
+
+def _check_training_data(config: SweepConfig) -> None:
+    """``train_data`` (the set on-demand models train on, when not the test set) resolves and
+    has its files; loading it waits until the first model trains. Variants cannot set data."""
+    from lowres.data.registry import check_dataset
+
+    if config.train_data is not None and str(config.train_data) != str(config.data):
+        check_dataset(config.train_data)
 
 
 def _device_name(name: str) -> str:

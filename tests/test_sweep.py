@@ -229,6 +229,27 @@ def test_bad_device_fails_before_the_output_folder_exists(tmp_path, device):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("train_data", ["nonexist", "MANIFEST"])
+def test_bad_training_data_fails_before_the_output_folder_exists(tmp_path, train_data):
+    """--train-data is loaded only when a model trains, after the folder exists; an unknown
+    name or a manifest whose images are missing must fail before anything is written."""
+    if train_data == "MANIFEST":
+        manifest = tmp_path / "faces.toml"
+        manifest.write_text(
+            'name = "faces"\nkind = "identity-folders"\nroot = "missing_folder"\n'
+            "image_size = [56, 48]\nchannels = 1\n"
+        )
+        train_data = str(manifest)
+    out = tmp_path / "new"
+    args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM"]
+    args += ["--train-data", train_data, "--out", str(out), "--device", "cpu", "--no-plot"]
+    register_preset()
+    result = cli(args)
+    assert result.exit_code == 2, result.output
+    assert "nonexist" in result.output or "missing_folder" in result.output
+    assert not out.exists()
+
+
 def test_other_settings_refused_then_forced(reference, tmp_path):
     config, _, _ = reference
     out = tmp_path / "force"

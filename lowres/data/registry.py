@@ -26,6 +26,7 @@ from lowres.data.protocols import identity_folds, pair_counts, read_lfw_pairs
 from lowres.errors import DataError
 
 __all__ = [
+    "check_dataset",
     "get_split",
     "get_split_labels",
     "has_own_split",
@@ -427,6 +428,18 @@ def get_test_split(
     if builtin in _BUILTINS and _BUILTINS[builtin].test is not None:
         return _BUILTINS[builtin].test(fold=fold, seed=seed, preset=preset)
     return get_split(name, fold=fold, seed=seed, preset=preset)[1]
+
+
+def check_dataset(name: str | Path) -> None:
+    """Fail early, without loading images: an unknown name, an unreadable manifest or a missing
+    data folder or file raises the DataError loading it would raise later.
+
+    For checks before anything is written (a sweep's training set is loaded only when the
+    first model trains, after the output folder exists).
+    """
+    _, m = _resolve(name)
+    if m is not None and m.kind != "builtin":
+        require_file(m)  # the root folder first, then the file it names, if any
 
 
 def has_own_split(name: str | Path) -> bool:
