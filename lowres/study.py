@@ -576,13 +576,20 @@ def run_study(
     workers = study.jobs if jobs is None else int(jobs)
     if workers < 1:
         raise ConfigError(f"jobs must be >= 1, got {workers}")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     history = _previous_runs(out_dir)
     t0 = time.perf_counter()
-    if study.kind == "features2d":
-        result = _run_features2d(study, out_dir, workers)
-    else:
-        result = _run_sweep_study(study, out_dir, workers, force)
+    try:
+        if study.kind == "features2d":
+            result = _run_features2d(study, out_dir, workers)
+        else:
+            result = _run_sweep_study(study, out_dir, workers, force)
+    except LowresError:
+        # Bad input found before anything was written (missing data, ...): leave no folder.
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     result.timings["total"] = time.perf_counter() - t0
     result.extra["history"] = history
     _write_provenance(study, out_dir, result)

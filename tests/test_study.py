@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from lowres import study as ST
-from lowres.errors import ConfigError
+from lowres.errors import ConfigError, LowresError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,6 +170,21 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
     assert "not found" in _cli("run", str(tmp_path / "missing.toml")).stderr
+
+
+def test_missing_data_leaves_no_output_folder(tmp_path, monkeypatch):
+    """A GPU study run without its data fails with one line and writes nothing, not even an
+    empty output folder."""
+    monkeypatch.setenv("LOWRES_DATA", str(tmp_path / "no_data_here"))
+    out = tmp_path / "out"
+    with pytest.raises(LowresError, match="no_data_here"):
+        ST.run_study(REPO / "experiments" / "lfw_lowres.toml", out=out)
+    assert not out.exists()
+    # An existing folder is the user's: it stays.
+    out.mkdir()
+    with pytest.raises(LowresError):
+        ST.run_study(REPO / "experiments" / "lfw_lowres.toml", out=out)
+    assert out.is_dir()
 
 
 def test_cli_list_shows_the_shipped_studies():
