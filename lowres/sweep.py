@@ -1246,6 +1246,11 @@ def run_sweep(
     if int(config.batch_size) < 1:
         raise ConfigError(f"batch size must be >= 1, got {config.batch_size}")
     _device_name(config.device)  # an unknown or absent device fails before the folder exists
+    if config.save_baseline is not None and Path(config.save_baseline).is_dir():
+        raise ConfigError(
+            f"--save-baseline {config.save_baseline} is a folder; give a file path, e.g. "
+            f"{Path(config.save_baseline) / 'baseline.csv'}"
+        )
     if not (0 < config.critical_tar <= 1):
         raise ConfigError(f"critical TAR {config.critical_tar!r} is outside (0, 1]")
     fars = validate_fars(config.fars)

@@ -215,6 +215,17 @@ def test_bad_input_exits_2_and_keeps_results(reference, tmp_path, extra):
     assert _tree_digest(out) == before
 
 
+def test_baseline_path_that_is_a_folder_fails_before_any_work(tmp_path):
+    out = tmp_path / "new"
+    args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM"]
+    args += ["--out", str(out), "--save-baseline", str(tmp_path), "--no-plot"]
+    register_preset()
+    result = cli(args)
+    assert result.exit_code == 2, result.output
+    assert "is a folder" in result.output
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("device", ["tpu", "cuda:0"])
 def test_bad_device_fails_before_the_output_folder_exists(tmp_path, device):
     if device.startswith("cuda") and torch.cuda.is_available():
