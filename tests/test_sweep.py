@@ -217,12 +217,15 @@ def test_bad_input_exits_2_and_keeps_results(reference, tmp_path, extra):
 
 def test_baseline_path_that_is_a_folder_fails_before_any_work(tmp_path):
     out = tmp_path / "new"
+    # The library checks it (the CLI's click.Path does too, with its own words).
+    config = _config(out, tmp_path / "models", save_baseline=tmp_path)
+    with pytest.raises(ConfigError, match="is a folder"):
+        S.run_sweep(config)
     args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM"]
     args += ["--out", str(out), "--save-baseline", str(tmp_path), "--no-plot"]
-    register_preset()
     result = cli(args)
     assert result.exit_code == 2, result.output
-    assert "is a folder" in result.output
+    assert "is a directory" in result.output
     assert not out.exists()
 
 
