@@ -230,3 +230,28 @@ def test_bad_preset_strings_are_config_errors(bad):
 
     with pytest.raises(ConfigError):
         parse_preset(bad)
+
+
+def test_rendered_splits_are_cached_on_disk_and_equal_a_fresh_render(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWRES_CACHE", str(tmp_path / "cache"))
+    kw = dict(num_identities=6, images_per_identity=3, size=(24, 20), render_size=(48, 40))
+    fresh = syn.make_split("train", "cpu", 1, cache=False, **kw)
+    first = syn.make_split("train", "cpu", 1, **kw)
+    assert len(list((tmp_path / "cache" / "decoded").glob("synth-train*.pt"))) == 1
+    calls = []
+    real = syn.render_faces
+    monkeypatch.setattr(syn, "render_faces", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = syn.make_split("train", "cpu", 1, **kw)
+    assert calls == []  # read from the cache, not rendered
+    assert torch.equal(fresh.images, first.images) and torch.equal(fresh.images, again.images)
+    # Anything the pixels depend on is a different entry, never a stale hit.
+    for changed in (
+        dict(kw, size=(20, 16)),
+        dict(kw, images_per_identity=4),
+        dict(kw, knobs=syn.SynthKnobs(texture_cycles=2.0)),
+    ):
+        other = syn.make_split("train", "cpu", 1, **changed).images
+        assert torch.equal(other, syn.make_split("train", "cpu", 1, cache=False, **changed).images)
+    assert len(calls) == 6  # each changed split rendered once for the cache, once fresh
+    test_fold = syn.make_split("test", "cpu", 1, fold=1, **kw)
+    assert not torch.equal(test_fold.images[:3], first.images[:3])
