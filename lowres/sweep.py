@@ -1118,14 +1118,16 @@ def pretrain_models(
 def _warm_rendered_data(configs: Sequence[Any]) -> None:
     """Render each distinct synth training split once here, into the disk cache, before the
     training processes start: otherwise every process renders the same 16,000 faces on one
-    thread (about a minute each, most of the first sweep's non-training time)."""
+    thread (about a minute each, most of the first sweep's non-training time). Splits too big
+    for the cache (the gpu preset) are left to the processes."""
     from lowres.data.registry import has_own_split
+    from lowres.data.synthetic import is_cached_size
     from lowres.train import _load_split
 
     seen = set()
     for cfg in configs:
         key = (str(cfg.data), cfg.fold, cfg.split_seed, cfg.preset, cfg.train_split)
-        if key in seen or not has_own_split(cfg.data):
+        if key in seen or not has_own_split(cfg.data) or not is_cached_size("train", cfg.preset):
             continue
         seen.add(key)
         _load_split(cfg)

@@ -1170,6 +1170,13 @@ def split_labels(split: str = "train", preset: str | None = "cpu") -> torch.Tens
     return torch.arange(k, dtype=torch.int64).repeat_interleave(m)
 
 
+def is_cached_size(split: str = "train", preset: str | None = "cpu") -> bool:
+    """True when ``make_split(split, preset)`` fits :data:`CACHE_MAX_BYTES` (so it is cached)."""
+    pre = PRESETS[_check_preset("cpu" if preset is None else str(preset).strip())]
+    n = split_labels(split, preset).numel()
+    return n * pre.channels * pre.size[0] * pre.size[1] <= CACHE_MAX_BYTES
+
+
 def load_synth(
     split: str = "train", preset: str | None = "cpu", seed: int = 0, fold: int = 0, **kwargs
 ):
