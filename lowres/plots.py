@@ -222,16 +222,21 @@ def draw_curves(ax, rows: pd.DataFrame, styles: dict[str, dict]) -> None:
             linewidth=0,
             zorder=st["zorder"] - 1,
         )
-        ax.plot(
-            x,
-            g["value"],
-            color=st["color"],
-            linestyle=st["linestyle"],
-            marker=st["marker"],
-            markersize=4,
-            linewidth=1.8,
-            zorder=st["zorder"],
-        )
+        _model_line(ax, x, g["value"], st)
+
+
+def _model_line(ax, x, y, st: dict) -> None:
+    """A model's line in its style (colour, dash, marker, z-order)."""
+    ax.plot(
+        x,
+        y,
+        color=st["color"],
+        linestyle=st["linestyle"],
+        marker=st["marker"],
+        markersize=4,
+        linewidth=1.8,
+        zorder=st["zorder"],
+    )
 
 
 def figure_tar_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
@@ -377,17 +382,7 @@ def figure_genuine_cosine(prim: pd.DataFrame, styles: dict[str, dict]):
     ax = axes[0][0]
     for model, g in gen.groupby("model"):
         g = g.sort_values("size_px")
-        st = styles[model]
-        ax.plot(
-            g["size_px"].to_numpy(float),
-            g["value"],
-            color=st["color"],
-            linestyle=st["linestyle"],
-            marker=st["marker"],
-            markersize=4,
-            linewidth=1.8,
-            zorder=st["zorder"],
-        )
+        _model_line(ax, g["size_px"].to_numpy(float), g["value"], styles[model])
     _log2_size_axis(ax, gen["size_px"].dropna().astype(int).unique())
     ax.set_ylabel("mean cosine of genuine pairs")
     ax.grid(True, alpha=0.3)

@@ -215,32 +215,31 @@ def test_bad_input_exits_2_and_keeps_results(reference, tmp_path, extra):
     assert _tree_digest(out) == before
 
 
+def _refused_before_writing(out: Path, extra: list[str], fragment: str) -> None:
+    """A one-model tiny sweep into the new folder ``out`` with ``extra`` arguments exits 2,
+    names ``fragment``, and creates nothing."""
+    register_preset()
+    args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM"]
+    result = cli([*args, "--out", str(out), "--no-plot", *extra])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output
+    assert not out.exists()
+
+
 def test_baseline_path_that_is_a_folder_fails_before_any_work(tmp_path):
     out = tmp_path / "new"
     # The library checks it (the CLI's click.Path does too, with its own words).
     config = _config(out, tmp_path / "models", save_baseline=tmp_path)
     with pytest.raises(ConfigError, match="is a folder"):
         S.run_sweep(config)
-    args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM"]
-    args += ["--out", str(out), "--save-baseline", str(tmp_path), "--no-plot"]
-    result = cli(args)
-    assert result.exit_code == 2, result.output
-    assert "is a directory" in result.output
-    assert not out.exists()
+    _refused_before_writing(out, ["--save-baseline", str(tmp_path)], "is a directory")
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:0"])
 def test_bad_device_fails_before_the_output_folder_exists(tmp_path, device):
     if device.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("CUDA is available here, so cuda:0 is a valid device")
-    out = tmp_path / "new"
-    args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM"]
-    args += ["--out", str(out), "--device", device, "--no-plot"]
-    register_preset()
-    result = cli(args)
-    assert result.exit_code == 2, result.output
-    assert "device" in result.output
-    assert not out.exists()
+    _refused_before_writing(tmp_path / "new", ["--device", device], "device")
 
 
 @pytest.mark.parametrize("train_data", ["nonexist", "MANIFEST"])
@@ -254,14 +253,10 @@ def test_bad_training_data_fails_before_the_output_folder_exists(tmp_path, train
             "image_size = [56, 48]\nchannels = 1\n"
         )
         train_data = str(manifest)
-    out = tmp_path / "new"
-    args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM"]
-    args += ["--train-data", train_data, "--out", str(out), "--device", "cpu", "--no-plot"]
-    register_preset()
-    result = cli(args)
-    assert result.exit_code == 2, result.output
-    assert "nonexist" in result.output or "missing_folder" in result.output
-    assert not out.exists()
+    fragment = "missing_folder" if train_data.endswith(".toml") else "nonexist"
+    _refused_before_writing(
+        tmp_path / "new", ["--train-data", train_data, "--device", "cpu"], fragment
+    )
 
 
 def test_other_settings_refused_then_forced(reference, tmp_path):

@@ -402,6 +402,13 @@ def split_dataset(
     )
 
 
+def _builtin_of(name: str | Path) -> _Builtin | None:
+    """The builtin behind ``name`` (its own name or a builtin-kind manifest), else None."""
+    resolved, m = _resolve(name)
+    builtin = m.builtin if m is not None and m.kind == "builtin" else resolved
+    return _BUILTINS.get(builtin)
+
+
 def get_split(
     name: str | Path, *, fold: int = 0, seed: int = 0, preset: str | None = None
 ) -> tuple[FaceDataset, FaceDataset]:
@@ -411,10 +418,9 @@ def get_split(
     synth: train/test identities disjoint by construction; ``fold`` selects the test block.
     mnist: the fixed 4000/1000 sample split (fold 0..4), documented in ``lowres.data.mnist``.
     """
-    resolved, m = _resolve(name)
-    builtin = m.builtin if m is not None and m.kind == "builtin" else resolved
-    if builtin in _BUILTINS and _BUILTINS[builtin].split is not None:
-        return _BUILTINS[builtin].split(fold=fold, seed=seed, preset=preset)
+    b = _builtin_of(name)
+    if b is not None and b.split is not None:
+        return b.split(fold=fold, seed=seed, preset=preset)
     return split_dataset(load_dataset(name, seed=seed, preset=preset), fold=fold, seed=seed)
 
 
@@ -423,10 +429,9 @@ def get_test_split(
 ) -> FaceDataset:
     """The test part of :func:`get_split`, without making the training part where the loader
     can skip it (synth renders 16,000 training faces for nothing otherwise)."""
-    resolved, m = _resolve(name)
-    builtin = m.builtin if m is not None and m.kind == "builtin" else resolved
-    if builtin in _BUILTINS and _BUILTINS[builtin].test is not None:
-        return _BUILTINS[builtin].test(fold=fold, seed=seed, preset=preset)
+    b = _builtin_of(name)
+    if b is not None and b.test is not None:
+        return b.test(fold=fold, seed=seed, preset=preset)
     return get_split(name, fold=fold, seed=seed, preset=preset)[1]
 
 
@@ -444,9 +449,8 @@ def check_dataset(name: str | Path) -> None:
 
 def has_own_split(name: str | Path) -> bool:
     """True when ``get_split`` asks the dataset's loader (synth) instead of splitting images."""
-    resolved, m = _resolve(name)
-    builtin = m.builtin if m is not None and m.kind == "builtin" else resolved
-    return builtin in _BUILTINS and _BUILTINS[builtin].split is not None
+    b = _builtin_of(name)
+    return b is not None and b.split is not None
 
 
 def get_split_labels(
@@ -454,10 +458,9 @@ def get_split_labels(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(train labels, test labels) of :func:`get_split`, without loading images where the
     loader knows them (synth); other datasets are split for real."""
-    resolved, m = _resolve(name)
-    builtin = m.builtin if m is not None and m.kind == "builtin" else resolved
-    if builtin in _BUILTINS and _BUILTINS[builtin].labels is not None:
-        return _BUILTINS[builtin].labels(fold=fold, seed=seed, preset=preset)
+    b = _builtin_of(name)
+    if b is not None and b.labels is not None:
+        return b.labels(fold=fold, seed=seed, preset=preset)
     train, test = get_split(name, fold=fold, seed=seed, preset=preset)
     return train.labels, test.labels
 

@@ -1095,14 +1095,11 @@ def make_split(
     Returns:
         SynthSplit with identity-major images.
     """
-    pre = PRESETS[_check_preset(preset)]
+    pre, k, m = _split_counts(split, preset)
     knobs = preset_knobs(preset, knobs)
     seed = _check_seed(seed)
-    if split not in ("train", "test"):
-        raise ConfigError(f"synth split must be 'train' or 'test', got {split!r}")
-    train = split == "train"
-    k = num_identities or (pre.train_identities if train else pre.test_identities)
-    m = images_per_identity or (pre.train_images if train else pre.test_images)
+    k = num_identities or k
+    m = images_per_identity or m
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= _MAX_IMAGES_PER_IDENTITY:
         raise ConfigError(
             f"images_per_identity must be an int in 1..{_MAX_IMAGES_PER_IDENTITY}, got {m!r}"
@@ -1130,7 +1127,7 @@ def make_split(
             device=device,
         )
 
-    if cache and k * m * channels * size[0] * size[1] <= CACHE_MAX_BYTES:
+    if cache and _fits_cache(k * m, channels, size):
         from lowres.data.images import cached_images
 
         # Keyed by this file's bytes (any change to the generator renders anew), the torch
@@ -1155,26 +1152,32 @@ def make_split(
     )
 
 
+def _split_counts(split: str, preset: str | None) -> tuple[SynthPreset, int, int]:
+    """(the preset's sizes, identities, images per identity) of its ``split``."""
+    pre = PRESETS[_check_preset(preset)]
+    if split not in ("train", "test"):
+        raise ConfigError(f"synth split must be 'train' or 'test', got {split!r}")
+    if split == "train":
+        return pre, pre.train_identities, pre.train_images
+    return pre, pre.test_identities, pre.test_images
+
+
+def _fits_cache(n_images: int, channels: int, size: tuple[int, int]) -> bool:
+    return n_images * channels * size[0] * size[1] <= CACHE_MAX_BYTES
+
+
 def split_labels(split: str = "train", preset: str | None = "cpu") -> torch.Tensor:
     """The labels of ``make_split(split, preset)`` (identity-major, 0..k-1) without rendering a
     face: what a protocol summary needs, in microseconds instead of a minute for the train split.
     """
-    pre = PRESETS[_check_preset("cpu" if preset is None else str(preset).strip())]
-    if split not in ("train", "test"):
-        raise ConfigError(f"synth split must be 'train' or 'test', got {split!r}")
-    k, m = (
-        (pre.train_identities, pre.train_images)
-        if split == "train"
-        else (pre.test_identities, pre.test_images)
-    )
+    _, k, m = _split_counts(split, preset)
     return torch.arange(k, dtype=torch.int64).repeat_interleave(m)
 
 
 def is_cached_size(split: str = "train", preset: str | None = "cpu") -> bool:
     """True when ``make_split(split, preset)`` fits :data:`CACHE_MAX_BYTES` (so it is cached)."""
-    pre = PRESETS[_check_preset("cpu" if preset is None else str(preset).strip())]
-    n = split_labels(split, preset).numel()
-    return n * pre.channels * pre.size[0] * pre.size[1] <= CACHE_MAX_BYTES
+    pre, k, m = _split_counts(split, preset)
+    return _fits_cache(k * m, pre.channels, pre.size)
 
 
 def load_synth(
