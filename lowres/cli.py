@@ -421,6 +421,7 @@ def sweep_cmd(
     """Evaluate models x probe resolutions into OUT/results.csv, figures and provenance."""
     from pathlib import Path
 
+    from lowres import shards
     from lowres import sweep as S
     from lowres.errors import CheckpointError, ConfigError
 
@@ -446,7 +447,7 @@ def sweep_cmd(
         crit_tar, crit_far = (float(v) for v in critical.split("@"))
     except ValueError:
         raise _bad(ctx, "critical", ValueError("use TAR@FAR, e.g. 0.5@1e-2")) from None
-    shard_value = parsed("shard", S.parse_shard, shard) if shard is not None else None
+    shard_value = parsed("shard", shards.parse_shard, shard) if shard is not None else None
     if shard_value is not None and save_baseline:
         raise click.UsageError("--save-baseline needs the whole sweep; give it to lowres merge")
     model_list = tuple(models) if models is not None else S.DEFAULT_MODELS

@@ -37,11 +37,10 @@ import pandas as pd
 
 from lowres.atomic import atomic_write_bytes
 from lowres.errors import ResultsError
-from lowres.results import primary_rows, read_table
+from lowres.results import PIXELS, primary_rows, read_table
 
 FIGURES_DIR = "figures"
 X_LABEL = "probe face width (pixels)"
-PIXELS = "pixels"
 _GREY = (0.45, 0.45, 0.45)
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from lowres.errors import ResultsError
 from lowres.plots import X_LABEL, _log2_size_axis, _save, model_styles
+from lowres.results import PIXELS
 
 __all__ = ["figure_features2d", "figure_norm_angle", "figure_runs"]
 
@@ -136,7 +137,7 @@ def figure_norm_angle(
     from matplotlib.lines import Line2D
 
     norms = pd.read_csv(norms_csv)
-    norms = norms[norms["model"] != "pixels"]
+    norms = norms[norms["model"] != PIXELS]
     if norms.empty or angles.empty:
         raise ResultsError("no feature norms to plot; the sweep has no trained model")
     styles = model_styles(angles[["model", "method"]])

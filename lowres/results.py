@@ -70,6 +70,8 @@ from lowres.errors import ResultsError
 
 POOLED = -1
 """``fold`` value of rows computed from scores pooled over every fold of a sweep."""
+PIXELS = "pixels"
+"""``model`` (and ``method``) of the raw-pixel reference that every sweep scores."""
 
 COLUMNS: tuple[str, ...] = (
     "dataset",
@@ -475,9 +477,9 @@ def paper_table_markdown(
         raise ResultsError("no TAR rows in the table; nothing to tabulate")
     order = list(models) if models is not None else sorted(tar["model"].unique())
     order = [m for m in order if m in set(tar["model"])]
-    order += sorted(set(tar["model"]) - set(order) - {"pixels"})
-    if "pixels" in set(tar["model"]) and "pixels" not in order:
-        order.append("pixels")
+    order += sorted(set(tar["model"]) - set(order) - {PIXELS})
+    if PIXELS in set(tar["model"]) and PIXELS not in order:
+        order.append(PIXELS)
     fars = sorted(tar["far"].dropna().unique())
     sizes = sorted(tar["size_px"].dropna().astype(int).unique(), reverse=True)
     width = max(sizes)

@@ -111,7 +111,7 @@ EXPERIMENTS_DIR = Path("experiments")
 
 _STUDY_KEYS = ("kind", "title", "description", "out", "model_cache", "jobs", "device")
 _EVALUATE_KEYS = ("folds", "seeds", "max_points")
-# Training settings the sweep's on-demand trainer honours (lowres.sweep._train_config): a study
+# Training settings the sweep's on-demand trainer honours (lowres.sweep.train_config): a study
 # of kind sweep/norms may not set others, or they would silently not apply.
 _SWEEP_TRAIN_KEYS = {"model": "backbone", "data": "data", "preset": "preset", "epochs": "epochs"}
 # Set by the sweep per cell (kinds sweep/norms); a study may not set them.
@@ -999,9 +999,9 @@ def norm_angle_tables(config):
     from lowres.degrade import DEFAULT, parse_degrade
     from lowres.embed import embed_many, pick_device
     from lowres.sweep import (
-        _sizes_and_scales,
-        _test_split,
+        probe_grid,
         resolve_models,
+        sweep_test_split,
         trained_checkpoint,
     )
 
@@ -1010,8 +1010,8 @@ def norm_angle_tables(config):
     entries = resolve_models(config.models, config.variants)
     rows = []
     for fold in config.folds:
-        test = _test_split(config, fold)
-        grid = _sizes_and_scales(config, test.image_size[1])
+        test = sweep_test_split(config, fold)
+        grid = probe_grid(config, test.image_size[1])
         labels = test.labels.numpy()
         for seed in config.seeds:
             models = {}

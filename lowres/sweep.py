@@ -43,14 +43,20 @@ TAR(X) at each FAR and scale, with a paired bootstrap interval: test identities 
 with replacement (and seeds, when there are several), both models' TAR@FAR recomputed on the
 same resampled pairs (a pair is kept with multiplicity k_a * k_b when its identities were drawn
 k_a and k_b times; a genuine pair with multiplicity k). 1000 replicates, seed 1000, percentile
-95% interval. The replicates are exact, not binned: see :func:`bootstrap_tar`.
+95% interval. The replicates are exact, not binned: see :func:`lowres.bootstrap.bootstrap_tar`.
 
 **Shards.** ``SweepConfig.shard = (i, n)`` (``lowres sweep --shard i/n``) computes only shard
-i's cells (:func:`shard_plan`: whole models per fold and seed, round robin, so each shard trains
-only its own models) into its own ``--out`` folder, and writes ``shard.json`` instead of the
-table. :func:`merge_shards` (``lowres merge OUT SHARD_DIR...``) checks that the shard folders
-share settings and together hold every cell exactly once, copies the cells into ``OUT/cells``
-and assembles them with the same function as an unsharded sweep: the same ``results.csv``.
+i's cells (:func:`lowres.shards.shard_plan`: whole models per fold and seed, round robin, so
+each shard trains only its own models) into its own ``--out`` folder, and writes ``shard.json``
+instead of the table. :func:`merge_shards` (``lowres merge OUT SHARD_DIR...``) checks that the
+shard folders share settings and together hold every cell exactly once, copies the cells into
+``OUT/cells`` and assembles them with the same function as an unsharded sweep: the same
+``results.csv``.
+
+**Modules.** This module wires the stages: settings and model resolution, training on demand,
+embedding and scoring each missing cell, assembly and summaries. The cell store and each
+cell's pure metrics live in :mod:`lowres.cells`, the paired bootstrap in
+:mod:`lowres.bootstrap`, shard planning and checking in :mod:`lowres.shards`.
 
 **Pooling.** With several folds, cells are also pooled (scores concatenated over folds, one
 threshold; ``fold = -1``); summaries and figures use the pooled rows, averaged over seeds.
@@ -65,7 +71,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -75,8 +80,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lowres import shards
+from lowres.bootstrap import bootstrap_tar
+from lowres.cells import (
+    CELL_FORMAT,
+    CELLS_DIR,
+    cell_key,
+    cell_metric_rows,
+    cell_stem,
+    load_cell_arrays,
+    pair_scores,
+    prepare_out_dir,
+    read_cell,
+    roc_points,
+    score_histogram,
+    settings_fingerprint,
+    slug,
+)
 from lowres.errors import CheckpointError, ConfigError, ResultsError
 from lowres.results import (
+    PIXELS,
     POOLED,
     atomic_save_npz,
     atomic_write_json,
@@ -101,18 +124,9 @@ DEFAULT_FOLDS: tuple[int, ...] = (0,)
 DEFAULT_MODELS: tuple[str, ...] = ("SM", "SF", "l2-SM(30)", "SM+CL", "SM+R(0.01)", "SF+R(0.01)")
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625)
 DEFAULT_FARS: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
-PIXELS = "pixels"
 PAIRINGS = ("probe", "both")
-CELL_FORMAT = "lowres-cell/1"
-SWEEP_FORMAT = "lowres-sweep/1"
-CELLS_DIR = "cells"
 MAX_PAIRS = 20_000_000
 """Largest all-vs-all protocol a sweep accepts (scores are stored: 4 bytes per pair per cell)."""
-ROC_POINTS = 80
-"""Number of log-spaced FAR points per ROC curve in ``roc.csv``."""
-SCORE_BINS = 128
-"""Equal-width cosine bins over [-1, 1] of the genuine/impostor histograms in ``scores.csv``
-(width 1/64: every edge is exact in binary, so the table prints them exactly)."""
 
 
 def default_model_cache() -> Path:
@@ -152,8 +166,8 @@ class SweepConfig:
             CPU with at least 2 cores, else 1). Two 1-thread jobs finish about twice as fast
             as one 2-thread job on the 2-core machines (FINDINGS.md); on a GPU one process
             owns the device. Does not change any number, only the wall time.
-        shard: ``(i, n)``: compute only shard i of n (see :func:`shard_plan`) and write a
-            shard manifest instead of the table; :func:`merge_shards` joins the shards.
+        shard: ``(i, n)``: compute only shard i of n (see :func:`lowres.shards.shard_plan`)
+            and write a shard manifest instead of the table; :func:`merge_shards` joins them.
         variants: named training variants, model id -> ``{"method": paper notation, **TrainConfig
             overrides}``; a model id in ``models`` found here is trained with its overrides
             (e.g. ``{"SM+aug": {"method": "SM", "augment_resolution": True}}``). A ``+R``
@@ -198,6 +212,29 @@ class SweepConfig:
             out[key] = None if out[key] is None else str(out[key])
         return out
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SweepConfig:
+        """Inverse of :meth:`to_json` (lists back to tuples, paths back to Paths).
+
+        Raises:
+            ResultsError: a setting this version does not know (a shard run by another one).
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ResultsError(
+                f"shard config has unknown settings {unknown}; merge with the lowres version "
+                "that ran the shards"
+            )
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if isinstance(value, list):
+                value = tuple(value)
+            if name in ("out", "model_cache", "save_baseline") and value is not None:
+                value = Path(value)
+            values[name] = value
+        return cls(**values)
+
 
 @dataclass
 class ModelEntry:
@@ -219,6 +256,32 @@ class ModelEntry:
     source: str
     spec: Any = None
     train: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON form (shard manifests)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "method": self.method,
+            "source": self.source,
+            "spec": None if self.spec is None else str(self.spec),
+            "train": self.train,
+        }
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> ModelEntry:
+        """Inverse of :meth:`to_json`."""
+        from lowres.methods import parse_method
+
+        spec = item.get("spec")
+        return cls(
+            name=item["name"],
+            kind=item["kind"],
+            method=item["method"],
+            source=item["source"],
+            spec=None if spec is None else parse_method(spec),
+            train=dict(item.get("train") or {}),
+        )
 
 
 @dataclass
@@ -472,526 +535,6 @@ def base_of(spec: Any) -> Any | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Output folder: settings fingerprint, refusal, cells
-# --------------------------------------------------------------------------------------------
-
-
-def settings_fingerprint(
-    *, data: str, preset: str | None, pairing: str, degrade_hash: str, seeds, folds
-) -> dict[str, Any]:
-    """The settings a sweep folder is bound to; a rerun with other values is refused."""
-    return {
-        "format": SWEEP_FORMAT,
-        "data": str(data),
-        "preset": preset,
-        "pairing": pairing,
-        "degrade_hash": degrade_hash,
-        "seeds": sorted(int(s) for s in seeds),
-        "folds": sorted(int(f) for f in folds),
-    }
-
-
-_OWN_OUTPUTS = (
-    "results.csv",
-    "roc.csv",
-    "norms.csv",
-    "scores.csv",
-    "provenance.json",
-    CELLS_DIR,
-    "figures",
-    "shard.json",
-)
-
-
-def prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, force: bool) -> None:
-    """Refuse (before writing anything) a folder made with other settings unless ``force``.
-
-    A folder holding files but no ``provenance.json`` is not a sweep folder and is refused too.
-    With ``force``, only lowres's own outputs are removed; other files stay.
-
-    Raises:
-        ResultsError: the folder holds another sweep or foreign files (and not ``force``).
-    """
-    prov_path = out / "provenance.json"
-    if out.exists() and not out.is_dir():
-        raise ResultsError(f"--out {out} is a file; give a folder path")
-    if not out.exists():
-        return
-    if prov_path.is_file():
-        try:
-            prov = json.loads(prov_path.read_text(encoding="utf-8"))
-            old = prov.get("settings")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            old = None
-        if old == fingerprint:
-            return
-        if not force:
-            diff = _describe_difference(old, fingerprint)
-            raise ResultsError(
-                f"{out} holds a sweep made with other settings ({diff}); use another --out or "
-                "--force to replace it"
-            )
-    elif any(out.iterdir()):
-        if not force:
-            raise ResultsError(
-                f"{out} is not empty and holds no lowres sweep; use another --out or --force"
-            )
-    else:
-        return
-    for name in _OWN_OUTPUTS:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
-def _describe_difference(old: Any, new: dict[str, Any]) -> str:
-    if not isinstance(old, dict):
-        return "unreadable provenance.json"
-    keys = [k for k in new if old.get(k) != new[k]]
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in keys) or "different format"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "model"
-
-
-def cell_key(
-    *,
-    fingerprint: dict[str, Any],
-    model: str,
-    model_hash: str,
-    scale: float,
-    size_px: int,
-    fold: int,
-    seed: int,
-    fars: Sequence[float],
-) -> dict[str, Any]:
-    """Everything a cell's numbers depend on."""
-    return {
-        "format": CELL_FORMAT,
-        "data": fingerprint["data"],
-        "preset": fingerprint["preset"],
-        "pairing": fingerprint["pairing"],
-        "degrade_hash": fingerprint["degrade_hash"],
-        "model": model,
-        "model_hash": model_hash,
-        "scale": repr(float(scale)),
-        "size_px": int(size_px),
-        "fold": int(fold),
-        "seed": int(seed),
-        "fars": [repr(float(f)) for f in fars],
-    }
-
-
-def cell_stem(key: dict[str, Any]) -> str:
-    """File stem of a cell: readable prefix + digest of the full key."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{_slug(key['model'])}__{key['size_px']:04d}px__f{key['fold']}_s{key['seed']}__{digest}"
-
-
-def read_cell(cells_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The cell's JSON if it exists, is readable and has this exact key, else None."""
-    path = cells_dir / f"{cell_stem(key)}.json"
-    if not path.is_file():
-        return None
-    try:
-        cell = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if cell.get("key") != key or not (cells_dir / cell.get("npz", "")).is_file():
-        return None
-    return cell
-
-
-def load_cell_arrays(cells_dir: Path, cell: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A cell's pair data: ``scores`` (P,), ``id_a``/``id_b`` (P,) identities of the two images
-    of each pair, ``issame`` (P,), ``norms`` (N,) and ``labels`` (N,).
-
-    All-vs-all cells store only scores and labels (pairs are ``np.triu_indices(N, 1)``);
-    fixed pair lists store their image indices too.
-    """
-    with np.load(cells_dir / cell["npz"], allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
-    labels = out["labels"].astype(np.int64)
-    if out["pair_a"].size:
-        idx_a, idx_b = out["pair_a"].astype(np.int64), out["pair_b"].astype(np.int64)
-        issame = out["issame"].astype(bool)
-    else:
-        idx_a, idx_b = np.triu_indices(labels.size, k=1)
-        issame = labels[idx_a] == labels[idx_b]
-    out.update(id_a=labels[idx_a], id_b=labels[idx_b], issame=issame)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Scores and metrics (pure functions)
-# --------------------------------------------------------------------------------------------
-
-
-def pair_scores(
-    gallery: np.ndarray, probe: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray
-) -> np.ndarray:
-    """Cosine similarity of ``gallery[idx_a]`` and ``probe[idx_b]``.
-
-    Args:
-        gallery: (N, D) features of the gallery-side images.
-        probe: (N, D) features of the probe-side images.
-        idx_a, idx_b: (P,) image indices.
-
-    Returns:
-        (P,) float64 scores in [-1, 1]; a zero feature scores 0 with everything.
-    """
-    g = np.asarray(gallery, dtype=np.float64)
-    p = np.asarray(probe, dtype=np.float64)
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
-    if idx_a.size * 4 >= g.shape[0] * p.shape[0]:
-        # Dense protocols (all-vs-all): one matrix product beats gathering rows per pair.
-        return np.clip((g @ p.T)[idx_a, idx_b], -1.0, 1.0)
-    out = np.empty(idx_a.shape[0], dtype=np.float64)
-    block = 1 << 16
-    for start in range(0, out.size, block):
-        a = idx_a[start : start + block]
-        b = idx_b[start : start + block]
-        out[start : start + block] = np.einsum("pd,pd->p", g[a], p[b])
-    return np.clip(out, -1.0, 1.0)
-
-
-def cell_metric_rows(
-    scores: np.ndarray,
-    issame: np.ndarray,
-    norms: np.ndarray,
-    *,
-    fars: Sequence[float],
-    clean: dict[str, Any] | None,
-    pair_folds: np.ndarray | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Metric rows of one cell (model x scale) from its pair scores and feature norms.
-
-    Args:
-        scores: (P,) cosine scores. issame: (P,) bool, True = genuine.
-        norms: (N,) feature norms of the probe-side images at this scale.
-        fars: target FARs.
-        clean: the clean reference (``{"thresholds": {repr(far): t}, "norm_mean": m}``) of
-            this model, or None when this cell *is* the clean one.
-        pair_folds: (P,) fold id per pair of a fixed pair list (10-fold accuracy), or None.
-
-    Returns:
-        (rows with metric/far/value/... fields, this cell's own clean-reference dict).
-    """
-    from lowres import metrics as M
-
-    rows: list[dict[str, Any]] = []
-    n_gen = int(np.count_nonzero(issame))
-    n_imp = int(issame.size - n_gen)
-    if n_gen == 0 or n_imp == 0:
-        raise ConfigError(
-            f"the test split has {n_gen} genuine and {n_imp} impostor pairs; it needs both "
-            "(at least two images of some identity and two identities)"
-        )
-    counts = {"n_genuine": n_gen, "n_impostor": n_imp}
-    thresholds: dict[str, float] = {}
-    for far in fars:
-        r = M.tar_at_far(scores, issame, far)
-        thresholds[repr(float(far))] = float(r.threshold)
-        rows.append(
-            dict(
-                metric="tar",
-                far=far,
-                value=r.tar,
-                ci_low=r.ci_low,
-                ci_high=r.ci_high,
-                threshold=r.threshold,
-                far_achieved=r.far_achieved,
-                flagged=bool(r.flagged),
-                **counts,
-            )
-        )
-        ref = clean["thresholds"][repr(float(far))] if clean else r.threshold
-        t_far, t_frr = M.rates_at_threshold(scores, issame, ref)
-        rows.append(dict(metric="transfer_far", far=far, value=t_far, threshold=ref, **counts))
-        rows.append(dict(metric="transfer_frr", far=far, value=t_frr, threshold=ref, **counts))
-    rows.append(dict(metric="auc", value=M.auc(scores, issame), **counts))
-    rows.append(dict(metric="eer", value=M.eer(scores, issame), **counts))
-    rows.append(dict(metric="dprime", value=M.dprime(scores, issame), **counts))
-    if pair_folds is not None and np.unique(pair_folds).size >= 2:
-        mean, std = M.kfold_accuracy(scores, issame, pair_folds)
-        rows.append(dict(metric="accuracy", value=mean, **counts))
-        rows.append(dict(metric="accuracy_std", value=std, **counts))
-    rows.append(dict(metric="genuine_cos_mean", value=float(scores[issame].mean()), **counts))
-    rows.append(dict(metric="impostor_cos_mean", value=float(scores[~issame].mean()), **counts))
-    norms = np.asarray(norms, dtype=np.float64)
-    norm_mean = float(norms.mean())
-    rows.append(dict(metric="norm_mean", value=norm_mean))
-    rows.append(dict(metric="norm_std", value=float(norms.std())))
-    ref_mean = clean["norm_mean"] if clean else norm_mean
-    rows.append(dict(metric="norm_ratio", value=norm_mean / ref_mean if ref_mean > 0 else math.nan))
-    return rows, {"thresholds": thresholds, "norm_mean": norm_mean}
-
-
-# --------------------------------------------------------------------------------------------
-# Paired identity bootstrap of TAR@FAR
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _BootData:
-    """One model's pair scores arranged for fast identity-resampled TAR@FAR.
-
-    Impostors are sorted by score (descending). Only the highest ones can set a threshold at
-    the FARs asked for, so the top ``T`` are cut into blocks and each block summarised by its
-    per-identity-pair counts: one matrix product then gives every replicate's impostor weight
-    per block, the block where the FAR allowance is crossed is found from those, and only that
-    block is scanned pair by pair. A replicate whose threshold falls below the kept top is
-    recomputed from every impostor, so the result is exact either way.
-    """
-
-    gen_scores: np.ndarray  # (G,) ascending
-    gen_ids: np.ndarray  # (G,)
-    top_scores: np.ndarray  # (T,) descending
-    top_lo: np.ndarray  # (T,) smaller identity id of each kept impostor pair
-    top_hi: np.ndarray  # (T,)
-    block_len: int  # kept impostors per block
-    block_counts: np.ndarray  # (K, n_blocks * K) float32, symmetric pair counts per block
-    counts: np.ndarray  # (K, K) float64 symmetric pair counts of every impostor
-    imp_scores: np.ndarray  # (I,) every impostor, unsorted (fallback)
-    imp_lo: np.ndarray
-    imp_hi: np.ndarray
-
-
-def _boot_data(
-    scores: np.ndarray, id_a: np.ndarray, id_b: np.ndarray, n_ids: int, max_far: float
-) -> _BootData:
-    scores = np.asarray(scores, dtype=np.float64)
-    same = id_a == id_b
-    g_order = np.argsort(scores[same], kind="stable")
-    imp = scores[~same]
-    lo = np.minimum(id_a, id_b)[~same]
-    hi = np.maximum(id_a, id_b)[~same]
-    n_top = min(imp.size, math.ceil(min(1.0, 2.0 * max_far + 0.01) * imp.size) + 64)
-    top = np.argpartition(-imp, n_top - 1)[:n_top] if n_top < imp.size else np.arange(imp.size)
-    top = top[np.argsort(-imp[top], kind="stable")]
-    # Many small blocks: a BLAS product per block is far cheaper per pair than the gathers of
-    # the pair-by-pair scan (measured: 128 blocks of 300 identities ~4x faster than 16).
-    n_blocks = int(np.clip(int(4e7 // (n_ids * n_ids)), 1, 128))
-    block_len = max(1, math.ceil(n_top / n_blocks))
-    n_blocks = math.ceil(n_top / block_len)
-    block = np.arange(n_top) // block_len
-    code = (block * n_ids + lo[top]) * n_ids + hi[top]
-    per_block = np.bincount(code, minlength=n_blocks * n_ids * n_ids).reshape(
-        n_blocks, n_ids, n_ids
-    )
-    per_block = per_block + per_block.transpose(0, 2, 1)
-    counts = np.bincount(lo * n_ids + hi, minlength=n_ids * n_ids).reshape(n_ids, n_ids)
-    return _BootData(
-        gen_scores=scores[same][g_order],
-        gen_ids=id_a[same][g_order],
-        top_scores=imp[top],
-        top_lo=lo[top],
-        top_hi=hi[top],
-        block_len=block_len,
-        block_counts=per_block.transpose(1, 0, 2).reshape(n_ids, -1).astype(np.float32),
-        counts=(counts + counts.T).astype(np.float64),
-        imp_scores=imp,
-        imp_lo=lo,
-        imp_hi=hi,
-    )
-
-
-def _fallback_threshold(data: _BootData, weights: np.ndarray, allowed: float) -> float:
-    """Exact threshold score of one replicate from every impostor (slow path, rarely taken)."""
-    order = np.argsort(-data.imp_scores, kind="stable")
-    w = weights[data.imp_lo[order]].astype(np.int64) * weights[data.imp_hi[order]]
-    return float(data.imp_scores[order][int(np.argmax(np.cumsum(w) > allowed))])
-
-
-def _allowed(far: float, total: np.ndarray) -> np.ndarray:
-    """Largest integer c with c / total <= far (float division, as lowres.metrics does)."""
-    c = np.floor(far * total)
-    # A replicate that drew no impostor pair has total 0: c stays 0 (the divisions give inf/nan,
-    # which compare False), so nothing is accepted; the warnings say nothing new.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.where((c + 1) / total <= far, c + 1, c)
-        return np.where((c > 0) & (c / total > far), c - 1, c)
-
-
-def _weighted_tar(data: _BootData, weights: np.ndarray, fars: Sequence[float]) -> np.ndarray:
-    """TAR@FAR for each row of identity multiplicities ``weights`` (R, K) int -> (R, F).
-
-    TAR = weighted share of genuine pairs scoring above v, where v is the largest impostor
-    score whose weighted tail share exceeds the FAR (the definition of
-    :func:`lowres.metrics.tar_at_far` with pair multiplicities k_a * k_b and k_id).
-    """
-    n_rep, n_ids = weights.shape
-    rows = np.arange(n_rep)
-    kf = weights.astype(np.float64)
-    total_imp = np.einsum("rk,rk->r", kf @ data.counts, kf) / 2.0
-    gen_w = weights[:, data.gen_ids]
-    gen_tail = np.concatenate(
-        [np.cumsum(gen_w[:, ::-1], axis=1)[:, ::-1], np.zeros((n_rep, 1), np.int64)], axis=1
-    )
-    total_gen = gen_tail[:, 0].astype(np.float64)
-    k32 = weights.astype(np.float32)
-    per_block = (k32 @ data.block_counts).reshape(n_rep, -1, n_ids)
-    block_w = np.rint(np.einsum("rjk,rk->rj", per_block, k32).astype(np.float64) / 2.0)
-    block_cum = np.cumsum(block_w, axis=1)
-    offsets = np.arange(data.block_len)
-    n_top = data.top_scores.size
-    flat = weights.astype(np.int32).ravel()
-    row_base = (rows * n_ids)[:, None]
-    out = np.full((n_rep, len(fars)), np.nan)
-    for j, far in enumerate(fars):
-        allowed = _allowed(far, total_imp)
-        jb = np.argmax(block_cum > allowed[:, None], axis=1)
-        reached = block_cum[rows, jb] > allowed
-        prior = np.where(jb > 0, block_cum[rows, np.maximum(jb - 1, 0)], 0.0)
-        idx = np.minimum(jb[:, None] * data.block_len + offsets[None, :], n_top - 1)
-        w = flat.take(row_base + data.top_lo[idx]) * flat.take(row_base + data.top_hi[idx])
-        # Entries past the end of the last block repeat its last pair; they sit after the
-        # crossing (or the replicate takes the slow path), so they never change the answer.
-        cum = np.cumsum(w, axis=1) + prior[:, None]
-        # The threshold sits just above the first impostor whose cumulative weight exceeds
-        # the allowance.
-        pos = np.argmax(cum > allowed[:, None], axis=1)
-        v = data.top_scores[idx[rows, pos]]
-        for r in np.flatnonzero(~reached & (total_imp > 0)):
-            v[r] = _fallback_threshold(data, weights[r], allowed[r])
-        above = np.searchsorted(data.gen_scores, v, side="right")
-        accepted = gen_tail[rows, above].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, j] = np.where(total_imp > 0, accepted, total_gen) / total_gen
-    return out
-
-
-def bootstrap_tar(
-    groups: Sequence[Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]],
-    fars: Sequence[float],
-    *,
-    n_boot: int = 1000,
-    seed: int = 1000,
-    level: float = 0.95,
-) -> dict[str, np.ndarray]:
-    """Paired identity (and seed) bootstrap of TAR@FAR for several models on the same pairs.
-
-    Each replicate draws the test identities with replacement (multiplicities k) and, with
-    several seeds, the seeds with replacement; every model is scored on the same draw: an
-    impostor pair of identities (a, b) counts k_a * k_b times, a genuine pair of identity i
-    k_i times, and TAR@FAR is recomputed exactly with those multiplicities.
-
-    Args:
-        groups: one entry per seed; each a list with one ``(scores, id_a, id_b)`` per model,
-            all models of a seed scored on the same pairs. Identity ids are ints in 0..K-1
-            shared across seeds (the same test identities).
-        fars: target FARs in (0, 1).
-        n_boot: replicates (>= 1).
-        seed: RNG seed (numpy PCG64).
-        level: central interval level.
-
-    Returns:
-        ``{"point": (M, F), "reps": (n_boot, M, F), "low": (M, F), "high": (M, F)}`` plus, with
-        two or more models, ``"diff_point"``, ``"diff_low"``, ``"diff_high"`` (F,) for model 0
-        minus model 1. Points are seed means of the exact TAR (the definition of
-        :func:`lowres.metrics.tar_at_far`); intervals are percentile intervals.
-    """
-    if not groups or not groups[0]:
-        raise ConfigError("bootstrap needs at least one seed with one model")
-    if int(n_boot) < 1:
-        raise ConfigError(f"bootstrap replicates must be >= 1, got {n_boot}")
-    n_models = len(groups[0])
-    n_ids = 1 + max(int(max(ia.max(), ib.max())) for g in groups for (_, ia, ib) in g)
-    max_far = max(fars)
-    data = [
-        [
-            _boot_data(s, ia.astype(np.int64), ib.astype(np.int64), n_ids, max_far)
-            for (s, ia, ib) in g
-        ]
-        for g in groups
-    ]
-    rng = np.random.Generator(np.random.PCG64(seed))
-    ones = np.ones((1, n_ids), dtype=np.int64)
-    point = np.mean(
-        [[_weighted_tar(d, ones, fars)[0] for d in per_seed] for per_seed in data], axis=0
-    )
-    # Multinomial counts == drawing identities with replacement, as multiplicities.
-    weights = rng.multinomial(n_ids, np.full(n_ids, 1.0 / n_ids), size=n_boot).astype(np.int64)
-    n_seeds = len(groups)
-    if n_seeds > 1:
-        seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_boot)
-    else:
-        seed_counts = np.ones((n_boot, 1), dtype=np.int64)
-    reps = np.zeros((n_boot, n_models, len(fars)))
-    # Replicates per chunk: bounds the (R, blocks * K) product and the (R, block) scans.
-    widest = max(
-        max(d.block_counts.shape[1], 4 * d.block_len) for per_seed in data for d in per_seed
-    )
-    chunk = max(1, int(4e6 // widest))
-    for s, per_seed in enumerate(data):
-        share = (seed_counts[:, s] / n_seeds)[:, None]
-        for m, d in enumerate(per_seed):
-            for start in range(0, n_boot, chunk):
-                sl = slice(start, start + chunk)
-                tar = _weighted_tar(d, weights[sl], fars)
-                reps[sl, m, :] += share[sl] * tar
-    alpha = (1.0 - level) / 2.0
-    out = {
-        "point": point,
-        "reps": reps,
-        "low": np.nanquantile(reps, alpha, axis=0),
-        "high": np.nanquantile(reps, 1.0 - alpha, axis=0),
-    }
-    if n_models >= 2:
-        diff = reps[:, 0, :] - reps[:, 1, :]
-        out["diff_point"] = point[0] - point[1]
-        out["diff_low"] = np.nanquantile(diff, alpha, axis=0)
-        out["diff_high"] = np.nanquantile(diff, 1.0 - alpha, axis=0)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# ROC points for figures
-# --------------------------------------------------------------------------------------------
-
-
-def roc_points(scores: np.ndarray, issame: np.ndarray, n_points: int = ROC_POINTS) -> np.ndarray:
-    """(n, 2) [far, tar] at log-spaced target FARs from 1/#impostors to 1 (exact TAR@FAR)."""
-    imp = np.sort(np.asarray(scores, dtype=np.float64)[~issame])[::-1]
-    gen = np.sort(np.asarray(scores, dtype=np.float64)[issame])
-    n_imp = imp.size
-    targets = np.unique(np.geomspace(1.0 / n_imp, 1.0, n_points))
-    out = []
-    for far in targets:
-        c = int(np.floor(far * n_imp + 1e-9))
-        if c >= n_imp:
-            tar = 1.0
-        else:
-            b = imp[c]
-            tar = 1.0 - np.searchsorted(gen, b, side="right") / gen.size
-        out.append((c / n_imp, tar))
-    return np.asarray(out, dtype=np.float64)
-
-
-def score_histogram(
-    scores: np.ndarray, issame: np.ndarray, bins: int = SCORE_BINS
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Genuine and impostor pair counts in ``bins`` equal cosine bins over [-1, 1].
-
-    Bins are half-open ``[lo, hi)`` except the last, which holds 1.0 (numpy's convention);
-    scores are cosines, already clipped to [-1, 1], so every pair is counted once.
-
-    Returns:
-        (edges (bins + 1,), genuine counts (bins,), impostor counts (bins,)), counts int64.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    issame = np.asarray(issame, dtype=bool)
-    edges = np.linspace(-1.0, 1.0, bins + 1)
-    gen = np.histogram(scores[issame], bins=edges)[0].astype(np.int64)
-    imp = np.histogram(scores[~issame], bins=edges)[0].astype(np.int64)
-    return edges, gen, imp
-
-
-# --------------------------------------------------------------------------------------------
 # Models: train on demand with a cache, load checkpoints, raw-pixel reference
 # --------------------------------------------------------------------------------------------
 
@@ -1017,7 +560,10 @@ def _pixel_module():
     return PixelReference().eval()
 
 
-def _train_config(entry: ModelEntry, config: SweepConfig, fold: int, seed: int):
+def train_config(entry: ModelEntry, config: SweepConfig, fold: int, seed: int):
+    """The :class:`lowres.train.TrainConfig` of an on-demand model at (fold, seed): the
+    embedded defaults, the sweep's data, preset, epochs, backbone and device, then the
+    variant's overrides. Its ``hash()`` names the model in the cache and in every cell key."""
     from lowres.train import TrainConfig
 
     kwargs: dict[str, Any] = {
@@ -1046,14 +592,14 @@ def trained_checkpoint(entry: ModelEntry, config: SweepConfig, fold: int, seed: 
     from lowres.train import train_cached
 
     cache = Path(config.model_cache) if config.model_cache else default_model_cache()
-    return train_cached(_train_config(entry, config, fold, seed), cache)
+    return train_cached(train_config(entry, config, fold, seed), cache)
 
 
 def _is_cached(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> bool:
     cache = Path(config.model_cache) if config.model_cache else default_model_cache()
     from lowres.train import CACHE_MARKER
 
-    return (cache / _train_config(entry, config, fold, seed).hash() / CACHE_MARKER).is_file()
+    return (cache / train_config(entry, config, fold, seed).hash() / CACHE_MARKER).is_file()
 
 
 def _pretrain_one(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> str:
@@ -1096,7 +642,7 @@ def pretrain_models(
                     continue
                 # With train_data every test fold shares one model: train it once, not in
                 # two processes racing for the same cache folder.
-                digest = _train_config(e, config, f, s).hash()
+                digest = train_config(e, config, f, s).hash()
                 if digest not in hashes:
                     hashes.add(digest)
                     todo.append((e, f, s))
@@ -1106,13 +652,36 @@ def pretrain_models(
     from concurrent.futures import ProcessPoolExecutor
 
     log.info("training %d models, %d in parallel", len(todo), workers)
-    _warm_rendered_data([_train_config(e, config, f, s) for e, f, s in todo])
+    _warm_rendered_data([train_config(e, config, f, s) for e, f, s in todo])
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
         futures = [pool.submit(_pretrain_one, e, config, f, s) for e, f, s in todo]
         for fut in futures:
             fut.result()
     return len(todo)
+
+
+def _pretrain_planned(entries, config: SweepConfig, plan, workers: int) -> None:
+    """:func:`pretrain_models` for the planned units only, as few calls as keep it exact.
+
+    Units are grouped by their model set; a group whose (fold, seed) pairs form a full
+    folds x seeds grid is one call (the whole unsharded sweep is), any other one call per seed.
+    """
+    groups: dict[tuple[str, ...], list[tuple[int, int]]] = {}
+    for (fold, seed), names in plan.items():
+        mine = tuple(e.name for e in entries if e.name in names)
+        if mine:
+            groups.setdefault(mine, []).append((fold, seed))
+    for mine, pairs in groups.items():
+        subset = [e for e in entries if e.name in mine]
+        group_folds = sorted({f for f, _ in pairs})
+        group_seeds = sorted({s for _, s in pairs})
+        if len(pairs) == len(group_folds) * len(group_seeds):
+            pretrain_models(subset, config, group_folds, group_seeds, workers)
+            continue
+        for seed in group_seeds:
+            seed_folds = [f for f, s in pairs if s == seed]
+            pretrain_models(subset, config, seed_folds, [seed], workers)
 
 
 def _warm_rendered_data(configs: Sequence[Any]) -> None:
@@ -1151,7 +720,7 @@ def prepare_models(
             continue
         if entry.kind == "method":
             path = trained_checkpoint(entry, config, fold, seed)
-            model_hash = _train_config(entry, config, fold, seed).hash()
+            model_hash = train_config(entry, config, fold, seed).hash()
         else:
             path = Path(entry.source)
             model_hash = ""
@@ -1177,7 +746,8 @@ SPLIT_SEED = 0
 holds out the same test identities and a model never sees its test faces."""
 
 
-def _test_split(config: SweepConfig, fold: int):
+def sweep_test_split(config: SweepConfig, fold: int):
+    """The held-out test identities of ``fold`` (fixed :data:`SPLIT_SEED`)."""
     from lowres.data import get_test_split
 
     kwargs: dict[str, Any] = {"fold": fold, "seed": SPLIT_SEED}
@@ -1212,8 +782,13 @@ def _protocol(test) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | No
     return idx_a, idx_b, labels[idx_a] == labels[idx_b], None
 
 
-def _sizes_and_scales(config: SweepConfig, width: int) -> list[tuple[float, int]]:
-    """[(scale, size_px)] descending, clean first."""
+def probe_grid(config: SweepConfig, width: int) -> list[tuple[float, int]]:
+    """[(scale, size_px)] of the sweep on ``width``-pixel images: descending, clean first.
+
+    Raises:
+        ConfigError: both scales and sizes, a size outside 1..width, a scale outside (0, 1],
+            or two scales rounding to the same width.
+    """
     if config.sizes is not None and config.scales is not None:
         raise ConfigError("give --scales or --sizes, not both")
     if config.sizes is not None:
@@ -1280,22 +855,22 @@ def run_sweep(
     folds = parse_int_list(",".join(map(str, config.folds)), "folds")
     seeds = parse_int_list(",".join(map(str, config.seeds)), "seeds")
     entries = resolve_models(config.models, config.variants)
-    shard = validate_shard(config.shard)
+    shard = shards.validate_shard(config.shard)
     if shard is not None and config.save_baseline is not None:
         raise ConfigError(
             "a shard has no table to save as a baseline; give --save-baseline to lowres merge"
         )
-    plan = shard_plan([e.name for e in entries], folds, seeds, shard)
+    plan = shards.shard_plan([e.name for e in entries], folds, seeds, shard)
     spec = DEFAULT if config.degrade is None else parse_degrade(config.degrade)
     degrade_text, degrade_hash = str(spec), spec.hash()
 
     # Load every test split, and find every training set, before touching the output folder:
     # bad data fails early.
-    tests = {f: _test_split(config, f) for f in folds}
+    tests = {f: sweep_test_split(config, f) for f in folds}
     _check_training_data(config)
     first_test = tests[folds[0]]
     height, width = first_test.image_size
-    grid = _sizes_and_scales(config, width)
+    grid = probe_grid(config, width)
     dataset_name = first_test.name
 
     fingerprint = settings_fingerprint(
@@ -1416,9 +991,17 @@ def run_sweep(
     }
     if shard is not None:
         timings["total"] = time.perf_counter() - t_start
-        model_ids = [e.name for e in entries]
-        _write_shard_manifest(
-            out, provenance, shard, model_ids, model_info, cells, folds, seeds, context, timings
+        shards.write_shard_manifest(
+            out,
+            provenance,
+            shard,
+            model_ids=[e.name for e in entries],
+            entries=[e.to_json() for _, e in sorted(model_info.items())],
+            cells=cells,
+            folds=folds,
+            seeds=seeds,
+            context=context,
+            timings=timings,
         )
         return SweepResult(
             out=out, table=to_frame([]), computed=computed, reused=reused, timings=timings
@@ -1886,8 +1469,8 @@ def _cached_bootstrap(
     prefix: str,
     summarise,
 ) -> dict:
-    """:func:`bootstrap_tar` of ``models`` (one, or a model and its base) at one scale, cached
-    in ``cells/`` as ``<prefix>__<model>__<size>px__<digest>.json``.
+    """:func:`lowres.bootstrap.bootstrap_tar` of ``models`` (one, or a model and its base) at
+    one scale, cached in ``cells/`` as ``<prefix>__<model>__<size>px__<digest>.json``.
 
     The cache key holds every model's cell keys, the FARs and the bootstrap settings, so a
     rerun (or a sweep extended by another scale) reuses every result already computed.
@@ -1903,7 +1486,7 @@ def _cached_bootstrap(
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     size = key["model"][0]["size_px"]
-    path = cells_dir / f"{prefix}__{_slug(models[0])}__{size:04d}px__{digest}.json"
+    path = cells_dir / f"{prefix}__{slug(models[0])}__{size:04d}px__{digest}.json"
     if path.is_file():
         try:
             cached = json.loads(path.read_text(encoding="utf-8"))
@@ -1968,227 +1551,8 @@ def _margin(cells_dir, cells, level, name, base, scale, folds, seeds, fars, conf
 
 
 # --------------------------------------------------------------------------------------------
-# Shards: one sweep split across processes or machines, then merged
+# Merging shards (lowres.shards checks them; the assembly is the sweep's own)
 # --------------------------------------------------------------------------------------------
-
-
-SHARD_FORMAT = "lowres-shard/1"
-SHARD_MANIFEST = "shard.json"
-RUNTIME_KEYS = frozenset(
-    {
-        "out",
-        "force",
-        "plot",
-        "save_baseline",
-        "jobs",
-        "model_cache",
-        "device",
-        "batch_size",
-        "shard",
-    }
-)
-"""SweepConfig fields that may differ between the shards of one sweep (where and how each
-shard ran, not what it computes)."""
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/4"`` -> ``(2, 4)``. ConfigError unless ``1 <= i <= n``."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if match is None:
-        raise ConfigError(f"shard {text!r} is not i/n; use e.g. 1/2 (shard i of n, 1 <= i <= n)")
-    return validate_shard((int(match.group(1)), int(match.group(2))))  # type: ignore[return-value]
-
-
-def validate_shard(shard: Any) -> tuple[int, int] | None:
-    """None (the whole sweep) or ``(i, n)`` ints with ``1 <= i <= n``, else ConfigError."""
-    if shard is None:
-        return None
-    try:
-        i, n = (int(v) for v in shard)
-    except (TypeError, ValueError):
-        raise ConfigError(f"shard {shard!r} is not (i, n); use e.g. (1, 2)") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise ConfigError(f"shard {i}/{n} is outside 1..n; use i/n with 1 <= i <= n, e.g. 1/2")
-    return i, n
-
-
-def shard_plan(
-    models: Sequence[str],
-    folds: Sequence[int],
-    seeds: Sequence[int],
-    shard: tuple[int, int] | None,
-) -> dict[tuple[int, int], tuple[str, ...]]:
-    """The model ids whose cells shard ``(i, n)`` computes, per (fold, seed).
-
-    A unit is one model at one (fold, seed), with all its scales: the model is trained (or
-    loaded) once for it, so a shard trains exactly the models of its units. Units are ordered
-    by fold, then seed (both ascending), then the models' order in the sweep; unit k goes to
-    shard ``k % n + 1`` (round robin), so shard sizes differ by at most one unit. The raw-pixel
-    reference of a (fold, seed) goes with that (fold, seed)'s first model, whose input size it
-    uses. ``shard=None``: every model and the reference.
-
-    Args:
-        models: model ids in sweep order (without ``pixels``).
-        folds, seeds: the sweep's folds and seeds.
-        shard: ``(i, n)`` or None.
-
-    Returns:
-        ``{(fold, seed): model ids in sweep order, plus "pixels" where this shard owns it}``.
-
-    >>> shard_plan(["SM", "SF"], [0, 1], [0], (2, 2))
-    {(0, 0): ('SF',), (1, 0): ('SF',)}
-    """
-    models = list(models)
-    plan: dict[tuple[int, int], tuple[str, ...]] = {}
-    k = 0
-    for fold in sorted(folds):
-        for seed in sorted(seeds):
-            mine = []
-            for j, name in enumerate(models):
-                if shard is None or k % shard[1] + 1 == shard[0]:
-                    mine.append(name)
-                    if j == 0:
-                        mine.append(PIXELS)
-                k += 1
-            plan[(fold, seed)] = tuple(mine)
-    return plan
-
-
-def _pretrain_planned(entries, config: SweepConfig, plan, workers: int) -> None:
-    """:func:`pretrain_models` for the planned units only, as few calls as keep it exact.
-
-    Units are grouped by their model set; a group whose (fold, seed) pairs form a full
-    folds x seeds grid is one call (the whole unsharded sweep is), any other one call per seed.
-    """
-    groups: dict[tuple[str, ...], list[tuple[int, int]]] = {}
-    for (fold, seed), names in plan.items():
-        mine = tuple(e.name for e in entries if e.name in names)
-        if mine:
-            groups.setdefault(mine, []).append((fold, seed))
-    for mine, pairs in groups.items():
-        subset = [e for e in entries if e.name in mine]
-        group_folds = sorted({f for f, _ in pairs})
-        group_seeds = sorted({s for _, s in pairs})
-        if len(pairs) == len(group_folds) * len(group_seeds):
-            pretrain_models(subset, config, group_folds, group_seeds, workers)
-            continue
-        for seed in group_seeds:
-            seed_folds = [f for f, s in pairs if s == seed]
-            pretrain_models(subset, config, seed_folds, [seed], workers)
-
-
-def _entry_json(entry: ModelEntry) -> dict[str, Any]:
-    return {
-        "name": entry.name,
-        "kind": entry.kind,
-        "method": entry.method,
-        "source": entry.source,
-        "spec": None if entry.spec is None else str(entry.spec),
-        "train": entry.train,
-    }
-
-
-def _entry_from_json(item: dict[str, Any]) -> ModelEntry:
-    from lowres.methods import parse_method
-
-    spec = item.get("spec")
-    return ModelEntry(
-        name=item["name"],
-        kind=item["kind"],
-        method=item["method"],
-        source=item["source"],
-        spec=None if spec is None else parse_method(spec),
-        train=dict(item.get("train") or {}),
-    )
-
-
-def _write_shard_manifest(
-    out: Path, provenance, shard, model_ids, model_info, cells, folds, seeds, context, timings
-) -> None:
-    """``provenance.json`` (status "shard") and ``shard.json``: what :func:`merge_shards`
-    needs to check a shard against the others and assemble the whole sweep."""
-    listed = [
-        {
-            "model": name,
-            "fold": fold,
-            "seed": seed,
-            "scale": scale,
-            "stem": cell_stem(cell["key"]),
-        }
-        for (name, fold, seed, scale), cell in sorted(cells.items())
-    ]
-    provenance.update(
-        status="shard",
-        shard={"index": shard[0], "count": shard[1]},
-        timings_s={k: round(v, 3) for k, v in timings.items()},
-        model_ids=list(model_ids),
-        folds=list(folds),
-        seeds=list(seeds),
-        context=context,
-        entries=[_entry_json(e) for _, e in sorted(model_info.items())],
-        shard_cells=listed,
-    )
-    atomic_write_json(out / "provenance.json", provenance)
-    atomic_write_json(out / SHARD_MANIFEST, {"format": SHARD_FORMAT, **provenance})
-
-
-def _cell_label(model: str, size_px: int, fold: int, seed: int) -> str:
-    return f"{model} {size_px}px fold {fold} seed {seed}"
-
-
-def _some(labels: Sequence[str], limit: int = 4) -> str:
-    more = len(labels) - limit
-    return ", ".join(labels[:limit]) + (f" and {more} more" if more > 0 else "")
-
-
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / SHARD_MANIFEST
-    if not path.is_file():
-        raise ResultsError(
-            f"{folder} holds no {SHARD_MANIFEST}; give the --out folders of finished "
-            "`lowres sweep --shard i/n` runs"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise ResultsError(f"{path} is unreadable; rerun that shard's sweep") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != SHARD_FORMAT:
-        raise ResultsError(f"{path} is not a {SHARD_FORMAT} manifest; rerun that shard's sweep")
-    return manifest
-
-
-def _comparable(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What must be equal across the shards of one sweep."""
-    return {
-        "settings": manifest["settings"],
-        "config": {k: v for k, v in manifest["config"].items() if k not in RUNTIME_KEYS},
-        "shard count": manifest["shard"]["count"],
-        "grid": manifest["grid"],
-        "fars": manifest["fars"],
-        "models": manifest["model_ids"],
-        "folds": manifest["folds"],
-        "seeds": manifest["seeds"],
-        "context": manifest["context"],
-    }
-
-
-def _config_from_json(data: dict[str, Any]) -> SweepConfig:
-    """Inverse of :meth:`SweepConfig.to_json` (lists back to tuples, paths back to Paths)."""
-    fields = {f.name for f in dataclasses.fields(SweepConfig)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ResultsError(
-            f"shard config has unknown settings {unknown}; merge with the lowres version that "
-            "ran the shards"
-        )
-    values: dict[str, Any] = {}
-    for name, value in data.items():
-        if isinstance(value, list):
-            value = tuple(value)
-        if name in ("out", "model_cache", "save_baseline") and value is not None:
-            value = Path(value)
-        values[name] = value
-    return SweepConfig(**values)
 
 
 def merge_shards(
@@ -2202,9 +1566,10 @@ def merge_shards(
     """Join the folders of ``lowres sweep --shard i/n`` runs into one sweep folder.
 
     Checks that every folder was made with the same settings and sweep config (everything but
-    :data:`RUNTIME_KEYS`) and that together they hold every cell exactly once; copies the cells
-    into ``out/cells`` and assembles them as :func:`run_sweep` does (same function), so
-    ``results.csv`` is byte-identical to an unsharded sweep's. Provenance records each shard.
+    :data:`lowres.shards.RUNTIME_KEYS`) and that together they hold every cell exactly once
+    (:func:`lowres.shards.collect_shards`); copies the cells into ``out/cells`` and assembles
+    them as :func:`run_sweep` does (same function), so ``results.csv`` is byte-identical to an
+    unsharded sweep's. Provenance records each shard.
 
     Raises:
         ResultsError: a folder without a shard manifest, shards that disagree, a missing or
@@ -2213,116 +1578,26 @@ def merge_shards(
     """
     t_start = time.perf_counter()
     out = Path(out)
-    dirs = [Path(d) for d in shard_dirs]
-    if not dirs:
-        raise ResultsError("no shard folders given; use lowres merge OUT SHARD_DIR...")
-    if out.resolve() in {d.resolve() for d in dirs}:
-        raise ResultsError(f"{out} is one of the shard folders; merge into a new folder")
-    manifests = [_read_manifest(d) for d in dirs]
-    order = sorted(range(len(dirs)), key=lambda j: manifests[j]["shard"]["index"])
-    dirs = [dirs[j] for j in order]
-    manifests = [manifests[j] for j in order]
-    first = _comparable(manifests[0])
-    for folder, manifest in zip(dirs[1:], manifests[1:], strict=True):
-        other = _comparable(manifest)
-        if other != first:
-            diff = _describe_difference(first, other)
-            raise ResultsError(
-                f"{folder} was swept with other settings than {dirs[0]} ({diff}); merge only "
-                "shards of one sweep run with the same arguments"
-            )
-
-    head = manifests[0]
+    collected = shards.collect_shards(out, [Path(d) for d in shard_dirs])
+    head = collected.head
     grid = [(float(s["scale"]), int(s["size_px"])) for s in head["grid"]]
-    size_of = dict(grid)
     fars = tuple(float(f) for f in head["fars"])
     folds = tuple(int(f) for f in head["folds"])
     seeds = tuple(int(s) for s in head["seeds"])
-    count = int(head["shard"]["count"])
-    universe = shard_plan(head["model_ids"], folds, seeds, None)
-    expected = {
-        (name, fold, seed, scale)
-        for (fold, seed), names in universe.items()
-        for name in names
-        for scale, _ in grid
-    }
-
-    def label(coord):
-        return _cell_label(coord[0], size_of[coord[3]], coord[1], coord[2])
-
-    owner: dict[tuple[str, int, int, float], tuple[Path, str]] = {}
-    duplicates: dict[tuple[Path, Path], list[str]] = {}
-    for folder, manifest in zip(dirs, manifests, strict=True):
-        for item in manifest["shard_cells"]:
-            coord = (item["model"], int(item["fold"]), int(item["seed"]), float(item["scale"]))
-            if coord in owner:
-                duplicates.setdefault((owner[coord][0], folder), []).append(label(coord))
-            else:
-                owner[coord] = (folder, item["stem"])
-    if duplicates:
-        (a, b), labels = next(iter(duplicates.items()))
-        raise ResultsError(
-            f"{a} and {b} both hold cells {_some(labels)}; merge each shard's folder once"
-        )
-    missing = sorted(expected - set(owner))
-    if missing:
-        have = sorted({int(m["shard"]["index"]) for m in manifests})
-        absent = [i for i in range(1, count + 1) if i not in have]
-        hint = (
-            f" (no folder for shard {', '.join(f'{i}/{count}' for i in absent)})" if absent else ""
-        )
-        raise ResultsError(
-            f"{len(missing)} cells missing{hint}: {_some([label(c) for c in missing])}; give "
-            "every shard's folder, or finish the missing shard with lowres sweep --shard i/n"
-        )
-    unexpected = sorted(set(owner) - expected)
-    if unexpected:
-        raise ResultsError(
-            f"shard folders hold cells outside the sweep: {_some([label(c) for c in unexpected])}"
-            "; rerun those shards"
-        )
-
-    keys: dict[tuple[str, int, int, float], dict[str, Any]] = {}
-    fingerprint = head["settings"]
-    for coord, (folder, stem) in sorted(owner.items()):
-        src = folder / CELLS_DIR
-        try:
-            key = json.loads((src / f"{stem}.json").read_text(encoding="utf-8"))["key"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            key = None
-        index = next(
-            m["shard"]["index"] for d, m in zip(dirs, manifests, strict=True) if d == folder
-        )
-        if (
-            not isinstance(key, dict)
-            or read_cell(src, key) is None
-            or any(
-                key.get(k) != fingerprint[k] for k in ("data", "preset", "pairing", "degrade_hash")
-            )
-            or (key.get("model"), key.get("fold"), key.get("seed"), key.get("scale"))
-            != (coord[0], coord[1], coord[2], repr(coord[3]))
-        ):
-            raise ResultsError(
-                f"{folder} lacks a readable cell {label(coord)}; rerun lowres sweep with "
-                f"--shard {index}/{count} --out {folder} to recompute it"
-            )
-        keys[coord] = key
-
     config = dataclasses.replace(
-        _config_from_json(head["config"]),
+        SweepConfig.from_json(head["config"]),
         out=out,
         shard=None,
         force=force,
         plot=plot,
         save_baseline=None if save_baseline is None else Path(save_baseline),
     )
+    fingerprint = head["settings"]
     prepare_out_dir(out, fingerprint, force=force)
     cells_dir = out / CELLS_DIR
     cells_dir.mkdir(parents=True, exist_ok=True)
     for stale in cells_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
-    from lowres.atomic import atomic_write_bytes
-
     provenance: dict[str, Any] = {
         "settings": fingerprint,
         "status": "merging",
@@ -2332,34 +1607,18 @@ def merge_shards(
         "versions": software_versions(),
         "git_revision": git_revision(),
         "seed": list(seeds),
-        "shards": [
-            {
-                "folder": str(folder),
-                "index": m["shard"]["index"],
-                "count": count,
-                "cells": len(m["shard_cells"]),
-                "device": m.get("inference", {}).get("device"),
-                "git_revision": m.get("git_revision"),
-                "versions": m.get("versions"),
-                "timings_s": m.get("timings_s"),
-                "config": {k: v for k, v in m["config"].items() if k in RUNTIME_KEYS},
-            }
-            for folder, m in zip(dirs, manifests, strict=True)
-        ],
+        "shards": shards.shard_records(collected),
     }
     atomic_write_json(out / "provenance.json", provenance)
     t0 = time.perf_counter()
-    cells: dict[tuple[str, int, int, float], dict[str, Any]] = {}
-    for coord, (folder, stem) in sorted(owner.items()):
-        src = folder / CELLS_DIR
-        cell = read_cell(src, keys[coord])
-        # The NPZ first: a cell exists iff its JSON does.
-        atomic_write_bytes(cells_dir / cell["npz"], (src / cell["npz"]).read_bytes())
-        atomic_write_bytes(cells_dir / f"{stem}.json", (src / f"{stem}.json").read_bytes())
-        cells[coord] = read_cell(cells_dir, keys[coord])
+    cells = shards.copy_cells(collected, cells_dir)
     timings: dict[str, float] = {"copy": time.perf_counter() - t0}
 
-    model_info = {item["name"]: _entry_from_json(item) for m in manifests for item in m["entries"]}
+    model_info = {
+        item["name"]: ModelEntry.from_json(item)
+        for m in collected.manifests
+        for item in m["entries"]
+    }
     table, figures = _assemble_outputs(
         out, cells, model_info, grid, folds, seeds, fars, head["context"], config, timings
     )

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 from tiny_sweep import cli, tiny_config
 
+from lowres import shards
 from lowres import sweep as S
 from lowres.errors import ConfigError, ResultsError
+from lowres.results import PIXELS
 
 SCALES = (1.0, 0.5)
 OUTPUTS = ("results.csv", "roc.csv", "norms.csv", "scores.csv")
@@ -178,32 +180,49 @@ def test_shard_with_baseline_is_a_usage_error(tmp_path):
 
 
 def test_parse_and_validate_shard():
-    assert S.parse_shard("2/4") == (2, 4)
-    assert S.parse_shard(" 1 / 1 ") == (1, 1)
+    assert shards.parse_shard("2/4") == (2, 4)
+    assert shards.parse_shard(" 1 / 1 ") == (1, 1)
     for bad in ("0/2", "3/2", "x", "1/0", "", "1/2/3"):
         with pytest.raises(ConfigError):
-            S.parse_shard(bad)
-    assert S.validate_shard(None) is None
+            shards.parse_shard(bad)
+    assert shards.validate_shard(None) is None
     with pytest.raises(ConfigError):
-        S.validate_shard((1,))
+        shards.validate_shard((1,))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 30])
 def test_plan_covers_every_unit_once_and_balances(n):
     models = ["SM", "SF", "l2-SM(30)", "SM+CL", "SM+R(0.01)", "SF+R(0.01)"]
     folds, seeds = (2, 0, 1, 3), (1, 0)
-    whole = S.shard_plan(models, folds, seeds, None)
+    whole = shards.shard_plan(models, folds, seeds, None)
     assert set(whole) == {(f, s) for f in folds for s in seeds}
-    assert all(names == (models[0], S.PIXELS, *models[1:]) for names in whole.values())
+    assert all(names == (models[0], PIXELS, *models[1:]) for names in whole.values())
     owners: dict[tuple, list[int]] = {}
     sizes = []
     for i in range(1, n + 1):
-        plan = S.shard_plan(models, folds, seeds, (i, n))
-        sizes.append(sum(len([m for m in v if m != S.PIXELS]) for v in plan.values()))
+        plan = shards.shard_plan(models, folds, seeds, (i, n))
+        sizes.append(sum(len([m for m in v if m != PIXELS]) for v in plan.values()))
         for (fold, seed), names in plan.items():
-            assert (S.PIXELS in names) == (models[0] in names)
+            assert (PIXELS in names) == (models[0] in names)
             for name in names:
                 owners.setdefault((name, fold, seed), []).append(i)
     assert sorted(owners) == sorted((m, f, s) for (f, s), v in whole.items() for m in v)
     assert all(len(v) == 1 for v in owners.values())
     assert max(sizes) - min(sizes) <= 1
+
+
+def test_config_and_entries_round_trip_through_the_manifest_json():
+    config = S.SweepConfig(
+        models=("SM", "SM+aug"),
+        scales=(1.0, 0.25),
+        variants={"SM+aug": {"method": "SM", "augment_resolution": True}},
+        model_cache=Path("/tmp/cache"),
+        shard=(1, 2),
+    )
+    data = json.loads(json.dumps(config.to_json()))
+    assert S.SweepConfig.from_json(data) == config
+    with pytest.raises(ResultsError, match="unknown settings"):
+        S.SweepConfig.from_json({**data, "newer_setting": 1})
+    for entry in S.resolve_models(config.models, config.variants):
+        back = S.ModelEntry.from_json(json.loads(json.dumps(entry.to_json())))
+        assert back == entry

@@ -132,7 +132,7 @@ def test_sweep_kind_refuses_settings_the_sweep_owns(tmp_path):
 
 
 def test_sweep_kind_honours_other_training_settings_as_variants(tmp_path):
-    from lowres.sweep import _train_config, resolve_models
+    from lowres.sweep import resolve_models, train_config
 
     text = NORMS.format(cache=tmp_path).replace("epochs = 1", "epochs = 1\nlr = 0.1")
     study = ST.load_study(_write(tmp_path, "norms", text))
@@ -140,7 +140,7 @@ def test_sweep_kind_honours_other_training_settings_as_variants(tmp_path):
     entries = resolve_models(config.models, config.variants)
     assert [e.name for e in entries] == ["SM", "SM+R(0.01)"]
     for entry in entries:
-        tc = _train_config(entry, config, 0, 0)
+        tc = train_config(entry, config, 0, 0)
         assert tc.lr == 0.1 and tc.epochs == 1 and tc.preset == "tinystudy"
 
 
@@ -327,7 +327,7 @@ seeds = [0, 1]
 
 
 def test_runs_and_variants_end_to_end(tmp_path):
-    from lowres.sweep import _train_config, resolve_models
+    from lowres.sweep import resolve_models, train_config
 
     path = _write(tmp_path, "runs", RUNS.format(cache=tmp_path / "cache"))
     study = ST.load_study(path)
@@ -335,8 +335,8 @@ def test_runs_and_variants_end_to_end(tmp_path):
     config = study.sweep_config(run=study.runs[1])
     assert config.preset == "tinystudy:texture_cycles=2" and config.seeds == (0, 1)
     entries = {e.name: e for e in resolve_models(config.models, config.variants)}
-    plain = _train_config(entries["SM"], config, 0, 0)
-    aug = _train_config(entries["SM+aug"], config, 0, 0)
+    plain = train_config(entries["SM"], config, 0, 0)
+    aug = train_config(entries["SM+aug"], config, 0, 0)
     assert aug.augment_resolution and not plain.augment_resolution
     assert plain.method == aug.method == "SM" and plain.hash() != aug.hash()
 

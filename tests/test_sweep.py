@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -271,15 +270,6 @@ def test_other_settings_refused_then_forced(reference, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_foreign_folder_refused(tmp_path):
-    (tmp_path / "x.txt").write_text("not a sweep")
-    fp = S.settings_fingerprint(
-        data="synth", preset=None, pairing="probe", degrade_hash="h", seeds=[0], folds=[0]
-    )
-    with pytest.raises(ResultsError, match="not empty"):
-        S.prepare_out_dir(tmp_path, fp, force=False)
-
-
 # --------------------------------------------------------------------------------------------
 # Pure parts
 # --------------------------------------------------------------------------------------------
@@ -307,108 +297,6 @@ def test_base_of_strips_only_ring_loss():
     assert str(S.base_of(parse_method("SF+R(0.01)"))) == "SF"
     assert str(S.base_of(parse_method("SM+CL+R(0.01)"))) == "SM+CL"
     assert S.base_of(parse_method("l2-SM(30)")) is None
-
-
-def _pairs(n_ids: int, per_id: int, sep: float, seed: int):
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(n_ids), per_id)
-    a, b = np.triu_indices(labels.size, 1)
-    ia, ib = labels[a], labels[b]
-    scores = np.round(rng.normal(0, 0.2, a.size) + sep * (ia == ib), 2)  # rounding: ties
-    return scores, ia, ib
-
-
-def _naive_weighted_tar(scores, ia, ib, k, far):
-    same = ia == ib
-    wg, gs = k[ia[same]], scores[same]
-    wi, si = k[ia[~same]] * k[ib[~same]], scores[~same]
-    total = wi.sum()
-    for v in np.unique(si)[::-1]:
-        if wi[si >= v].sum() / total > far:
-            return wg[gs > v].sum() / wg.sum()
-    return 1.0
-
-
-def test_weighted_tar_matches_naive_and_metrics():
-    from lowres.metrics import tar_at_far
-
-    fars = [0.01, 0.05, 0.3]
-    scores, ia, ib = _pairs(15, 4, 0.3, 0)
-    data = S._boot_data(scores, ia, ib, 15, max(fars))
-    rng = np.random.default_rng(1)
-    for _ in range(15):
-        k = rng.multinomial(15, np.full(15, 1 / 15))
-        got = S._weighted_tar(data, k[None, :], fars)[0]
-        want = [_naive_weighted_tar(scores, ia, ib, k, f) for f in fars]
-        np.testing.assert_allclose(got, want)
-    ones = S._weighted_tar(data, np.ones((1, 15), np.int64), fars)[0]
-    np.testing.assert_allclose(ones, [tar_at_far(scores, ia == ib, f).tar for f in fars])
-
-
-def test_bootstrap_interval_contains_point_and_shrinks():
-    fars = [0.01, 0.1]
-
-    def width(n_ids):
-        better, ia, ib = _pairs(n_ids, 4, 0.35, 2)
-        worse, _, _ = _pairs(n_ids, 4, 0.25, 3)
-        out = S.bootstrap_tar([[(better, ia, ib), (worse, ia, ib)]], fars, n_boot=300, seed=7)
-        assert np.all(out["diff_low"] <= out["diff_point"])
-        assert np.all(out["diff_point"] <= out["diff_high"])
-        assert np.all(out["low"] <= out["point"]) and np.all(out["point"] <= out["high"])
-        return out["diff_high"] - out["diff_low"]
-
-    assert np.all(width(80) < width(10))
-
-
-def test_bootstrap_is_seeded_and_pairs_seeds():
-    a, ia, ib = _pairs(12, 3, 0.3, 4)
-    b, _, _ = _pairs(12, 3, 0.3, 5)
-    one = S.bootstrap_tar([[(a, ia, ib), (b, ia, ib)]], [0.1], n_boot=100, seed=3)
-    two = S.bootstrap_tar([[(a, ia, ib), (b, ia, ib)]], [0.1], n_boot=100, seed=3)
-    np.testing.assert_array_equal(one["reps"], two["reps"])
-    seeds = S.bootstrap_tar(
-        [[(a, ia, ib), (b, ia, ib)], [(b, ia, ib), (a, ia, ib)]], [0.1], n_boot=100, seed=3
-    )
-    # Two seeds with the models swapped: the mean difference is exactly zero.
-    np.testing.assert_allclose(seeds["diff_point"], 0.0, atol=1e-12)
-
-
-def test_roc_points_are_exact_tar_at_far():
-    from lowres.metrics import tar_at_far
-
-    scores, ia, ib = _pairs(10, 4, 0.3, 6)
-    pts = S.roc_points(scores, ia == ib, n_points=20)
-    for far, tar in pts[:-1]:
-        assert tar == pytest.approx(tar_at_far(scores, ia == ib, max(far, 1e-12)).tar)
-
-
-def test_score_histogram_matches_a_naive_loop():
-    rng = np.random.default_rng(3)
-    scores = np.clip(rng.normal(0.2, 0.5, 2000), -1.0, 1.0)
-    # Exact edges and both ends of the range land in the bins a loop puts them in.
-    scores[:6] = [-1.0, 1.0, 0.0, 0.5, -0.984375, 1.0 - 2**-6]
-    issame = rng.random(2000) < 0.3
-    edges, gen, imp = S.score_histogram(scores, issame, bins=128)
-    assert edges.size == 129 and edges[0] == -1.0 and edges[-1] == 1.0
-    want_gen, want_imp = [0] * 128, [0] * 128
-    for s_, same in zip(scores, issame, strict=True):
-        b = min(math.floor((s_ + 1.0) * 64), 127)
-        (want_gen if same else want_imp)[b] += 1
-    assert gen.tolist() == want_gen and imp.tolist() == want_imp
-    assert gen.sum() == issame.sum() and imp.sum() == (~issame).sum()
-
-
-def test_pair_scores_match_a_per_pair_loop():
-    rng = np.random.default_rng(8)
-    gallery, probe = rng.normal(size=(30, 5)), rng.normal(size=(30, 5))
-    a, b = np.triu_indices(30, 1)
-    want = [
-        gallery[i] @ probe[j] / np.linalg.norm(gallery[i]) / np.linalg.norm(probe[j])
-        for i, j in zip(a, b, strict=True)
-    ]
-    np.testing.assert_allclose(S.pair_scores(gallery, probe, a, b), want, atol=1e-12)
-    # Sparse pair lists take the gathering path; same numbers.
-    np.testing.assert_allclose(S.pair_scores(gallery, probe, a[:50], b[:50]), want[:50], atol=1e-12)
 
 
 def test_parallel_pretraining_equals_in_process_training(tmp_path):

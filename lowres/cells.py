@@ -1,0 +1,336 @@
+"""A sweep's output folder and its cells: the on-disk store behind resumable sweeps.
+
+A *cell* is one (model, scale, pairing, fold, seed, degradation) combination of a sweep. Its key
+(:func:`cell_key`) holds everything its numbers depend on: dataset and preset, pairing, the
+degradation hash, the model's content hash, the scale and width, fold, seed, the FAR list and
+the cell format. A cell is stored in ``OUT/cells/`` as ``NAME.npz`` (float32 pair scores,
+identities, per-image feature norms) and then ``NAME.json`` (its table rows and clean-reference
+facts), each written atomically: a cell exists iff its JSON does and names an existing NPZ, and
+its file name carries a digest of the whole key, so a changed setting never reuses a stale cell.
+
+An output folder is bound to its settings (:func:`settings_fingerprint`, kept in
+``provenance.json``); :func:`prepare_out_dir` refuses a folder holding another sweep, or foreign
+files, before anything is written.
+
+The per-cell numbers are pure functions here: :func:`pair_scores` (cosine of gallery and probe
+features), :func:`cell_metric_rows` (TAR@FAR, threshold transfer, AUC, EER, d', norms),
+:func:`roc_points` and :func:`score_histogram` (what the figures draw).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowres.errors import ConfigError, ResultsError
+
+CELL_FORMAT = "lowres-cell/1"
+SWEEP_FORMAT = "lowres-sweep/1"
+CELLS_DIR = "cells"
+ROC_POINTS = 80
+"""Number of log-spaced FAR points per ROC curve in ``roc.csv``."""
+SCORE_BINS = 128
+"""Equal-width cosine bins over [-1, 1] of the genuine/impostor histograms in ``scores.csv``
+(width 1/64: every edge is exact in binary, so the table prints them exactly)."""
+
+
+def settings_fingerprint(
+    *, data: str, preset: str | None, pairing: str, degrade_hash: str, seeds, folds
+) -> dict[str, Any]:
+    """The settings a sweep folder is bound to; a rerun with other values is refused."""
+    return {
+        "format": SWEEP_FORMAT,
+        "data": str(data),
+        "preset": preset,
+        "pairing": pairing,
+        "degrade_hash": degrade_hash,
+        "seeds": sorted(int(s) for s in seeds),
+        "folds": sorted(int(f) for f in folds),
+    }
+
+
+_OWN_OUTPUTS = (
+    "results.csv",
+    "roc.csv",
+    "norms.csv",
+    "scores.csv",
+    "provenance.json",
+    CELLS_DIR,
+    "figures",
+    "shard.json",
+)
+
+
+def prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, force: bool) -> None:
+    """Refuse (before writing anything) a folder made with other settings unless ``force``.
+
+    A folder holding files but no ``provenance.json`` is not a sweep folder and is refused too.
+    With ``force``, only lowres's own outputs are removed; other files stay.
+
+    Raises:
+        ResultsError: the folder holds another sweep or foreign files (and not ``force``).
+    """
+    prov_path = out / "provenance.json"
+    if out.exists() and not out.is_dir():
+        raise ResultsError(f"--out {out} is a file; give a folder path")
+    if not out.exists():
+        return
+    if prov_path.is_file():
+        try:
+            prov = json.loads(prov_path.read_text(encoding="utf-8"))
+            old = prov.get("settings")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = None
+        if old == fingerprint:
+            return
+        if not force:
+            diff = describe_difference(old, fingerprint)
+            raise ResultsError(
+                f"{out} holds a sweep made with other settings ({diff}); use another --out or "
+                "--force to replace it"
+            )
+    elif any(out.iterdir()):
+        if not force:
+            raise ResultsError(
+                f"{out} is not empty and holds no lowres sweep; use another --out or --force"
+            )
+    else:
+        return
+    for name in _OWN_OUTPUTS:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def describe_difference(old: Any, new: dict[str, Any]) -> str:
+    """``"key: old -> new, ..."`` for the settings that differ (for refusal messages)."""
+    if not isinstance(old, dict):
+        return "unreadable provenance.json"
+    keys = [k for k in new if old.get(k) != new[k]]
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in keys) or "different format"
+
+
+def slug(text: str) -> str:
+    """A model id as a file-name prefix (``SF+R(0.01)`` -> ``SF-R-0.01``)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "model"
+
+
+def cell_key(
+    *,
+    fingerprint: dict[str, Any],
+    model: str,
+    model_hash: str,
+    scale: float,
+    size_px: int,
+    fold: int,
+    seed: int,
+    fars: Sequence[float],
+) -> dict[str, Any]:
+    """Everything a cell's numbers depend on."""
+    return {
+        "format": CELL_FORMAT,
+        "data": fingerprint["data"],
+        "preset": fingerprint["preset"],
+        "pairing": fingerprint["pairing"],
+        "degrade_hash": fingerprint["degrade_hash"],
+        "model": model,
+        "model_hash": model_hash,
+        "scale": repr(float(scale)),
+        "size_px": int(size_px),
+        "fold": int(fold),
+        "seed": int(seed),
+        "fars": [repr(float(f)) for f in fars],
+    }
+
+
+def cell_stem(key: dict[str, Any]) -> str:
+    """File stem of a cell: readable prefix + digest of the full key."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{slug(key['model'])}__{key['size_px']:04d}px__f{key['fold']}_s{key['seed']}__{digest}"
+
+
+def read_cell(cells_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cell's JSON if it exists, is readable and has this exact key, else None."""
+    path = cells_dir / f"{cell_stem(key)}.json"
+    if not path.is_file():
+        return None
+    try:
+        cell = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if cell.get("key") != key or not (cells_dir / cell.get("npz", "")).is_file():
+        return None
+    return cell
+
+
+def load_cell_arrays(cells_dir: Path, cell: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A cell's pair data: ``scores`` (P,), ``id_a``/``id_b`` (P,) identities of the two images
+    of each pair, ``issame`` (P,), ``norms`` (N,) and ``labels`` (N,).
+
+    All-vs-all cells store only scores and labels (pairs are ``np.triu_indices(N, 1)``);
+    fixed pair lists store their image indices too.
+    """
+    with np.load(cells_dir / cell["npz"], allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    labels = out["labels"].astype(np.int64)
+    if out["pair_a"].size:
+        idx_a, idx_b = out["pair_a"].astype(np.int64), out["pair_b"].astype(np.int64)
+        issame = out["issame"].astype(bool)
+    else:
+        idx_a, idx_b = np.triu_indices(labels.size, k=1)
+        issame = labels[idx_a] == labels[idx_b]
+    out.update(id_a=labels[idx_a], id_b=labels[idx_b], issame=issame)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Scores and metrics (pure functions)
+# --------------------------------------------------------------------------------------------
+
+
+def pair_scores(
+    gallery: np.ndarray, probe: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray
+) -> np.ndarray:
+    """Cosine similarity of ``gallery[idx_a]`` and ``probe[idx_b]``.
+
+    Args:
+        gallery: (N, D) features of the gallery-side images.
+        probe: (N, D) features of the probe-side images.
+        idx_a, idx_b: (P,) image indices.
+
+    Returns:
+        (P,) float64 scores in [-1, 1]; a zero feature scores 0 with everything.
+    """
+    g = np.asarray(gallery, dtype=np.float64)
+    p = np.asarray(probe, dtype=np.float64)
+    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+    if idx_a.size * 4 >= g.shape[0] * p.shape[0]:
+        # Dense protocols (all-vs-all): one matrix product beats gathering rows per pair.
+        return np.clip((g @ p.T)[idx_a, idx_b], -1.0, 1.0)
+    out = np.empty(idx_a.shape[0], dtype=np.float64)
+    block = 1 << 16
+    for start in range(0, out.size, block):
+        a = idx_a[start : start + block]
+        b = idx_b[start : start + block]
+        out[start : start + block] = np.einsum("pd,pd->p", g[a], p[b])
+    return np.clip(out, -1.0, 1.0)
+
+
+def cell_metric_rows(
+    scores: np.ndarray,
+    issame: np.ndarray,
+    norms: np.ndarray,
+    *,
+    fars: Sequence[float],
+    clean: dict[str, Any] | None,
+    pair_folds: np.ndarray | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Metric rows of one cell (model x scale) from its pair scores and feature norms.
+
+    Args:
+        scores: (P,) cosine scores. issame: (P,) bool, True = genuine.
+        norms: (N,) feature norms of the probe-side images at this scale.
+        fars: target FARs.
+        clean: the clean reference (``{"thresholds": {repr(far): t}, "norm_mean": m}``) of
+            this model, or None when this cell *is* the clean one.
+        pair_folds: (P,) fold id per pair of a fixed pair list (10-fold accuracy), or None.
+
+    Returns:
+        (rows with metric/far/value/... fields, this cell's own clean-reference dict).
+    """
+    from lowres import metrics as M
+
+    rows: list[dict[str, Any]] = []
+    n_gen = int(np.count_nonzero(issame))
+    n_imp = int(issame.size - n_gen)
+    if n_gen == 0 or n_imp == 0:
+        raise ConfigError(
+            f"the test split has {n_gen} genuine and {n_imp} impostor pairs; it needs both "
+            "(at least two images of some identity and two identities)"
+        )
+    counts = {"n_genuine": n_gen, "n_impostor": n_imp}
+    thresholds: dict[str, float] = {}
+    for far in fars:
+        r = M.tar_at_far(scores, issame, far)
+        thresholds[repr(float(far))] = float(r.threshold)
+        rows.append(
+            dict(
+                metric="tar",
+                far=far,
+                value=r.tar,
+                ci_low=r.ci_low,
+                ci_high=r.ci_high,
+                threshold=r.threshold,
+                far_achieved=r.far_achieved,
+                flagged=bool(r.flagged),
+                **counts,
+            )
+        )
+        ref = clean["thresholds"][repr(float(far))] if clean else r.threshold
+        t_far, t_frr = M.rates_at_threshold(scores, issame, ref)
+        rows.append(dict(metric="transfer_far", far=far, value=t_far, threshold=ref, **counts))
+        rows.append(dict(metric="transfer_frr", far=far, value=t_frr, threshold=ref, **counts))
+    rows.append(dict(metric="auc", value=M.auc(scores, issame), **counts))
+    rows.append(dict(metric="eer", value=M.eer(scores, issame), **counts))
+    rows.append(dict(metric="dprime", value=M.dprime(scores, issame), **counts))
+    if pair_folds is not None and np.unique(pair_folds).size >= 2:
+        mean, std = M.kfold_accuracy(scores, issame, pair_folds)
+        rows.append(dict(metric="accuracy", value=mean, **counts))
+        rows.append(dict(metric="accuracy_std", value=std, **counts))
+    rows.append(dict(metric="genuine_cos_mean", value=float(scores[issame].mean()), **counts))
+    rows.append(dict(metric="impostor_cos_mean", value=float(scores[~issame].mean()), **counts))
+    norms = np.asarray(norms, dtype=np.float64)
+    norm_mean = float(norms.mean())
+    rows.append(dict(metric="norm_mean", value=norm_mean))
+    rows.append(dict(metric="norm_std", value=float(norms.std())))
+    ref_mean = clean["norm_mean"] if clean else norm_mean
+    rows.append(dict(metric="norm_ratio", value=norm_mean / ref_mean if ref_mean > 0 else math.nan))
+    return rows, {"thresholds": thresholds, "norm_mean": norm_mean}
+
+
+def roc_points(scores: np.ndarray, issame: np.ndarray, n_points: int = ROC_POINTS) -> np.ndarray:
+    """(n, 2) [far, tar] at log-spaced target FARs from 1/#impostors to 1 (exact TAR@FAR)."""
+    imp = np.sort(np.asarray(scores, dtype=np.float64)[~issame])[::-1]
+    gen = np.sort(np.asarray(scores, dtype=np.float64)[issame])
+    n_imp = imp.size
+    targets = np.unique(np.geomspace(1.0 / n_imp, 1.0, n_points))
+    out = []
+    for far in targets:
+        c = int(np.floor(far * n_imp + 1e-9))
+        if c >= n_imp:
+            tar = 1.0
+        else:
+            b = imp[c]
+            tar = 1.0 - np.searchsorted(gen, b, side="right") / gen.size
+        out.append((c / n_imp, tar))
+    return np.asarray(out, dtype=np.float64)
+
+
+def score_histogram(
+    scores: np.ndarray, issame: np.ndarray, bins: int = SCORE_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Genuine and impostor pair counts in ``bins`` equal cosine bins over [-1, 1].
+
+    Bins are half-open ``[lo, hi)`` except the last, which holds 1.0 (numpy's convention);
+    scores are cosines, already clipped to [-1, 1], so every pair is counted once.
+
+    Returns:
+        (edges (bins + 1,), genuine counts (bins,), impostor counts (bins,)), counts int64.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    edges = np.linspace(-1.0, 1.0, bins + 1)
+    gen = np.histogram(scores[issame], bins=edges)[0].astype(np.int64)
+    imp = np.histogram(scores[~issame], bins=edges)[0].astype(np.int64)
+    return edges, gen, imp
