@@ -258,3 +258,15 @@ def test_rendered_splits_are_cached_on_disk_and_equal_a_fresh_render(tmp_path, m
     # The cpu preset's splits are cached; the gpu preset's 12.9 GB training split is not.
     assert syn.is_cached_size("train", "cpu") and syn.is_cached_size("test", "cpu")
     assert not syn.is_cached_size("train", "gpu")
+
+
+@pytest.mark.parametrize("preset", sorted(syn.PRESETS))
+def test_every_preset_test_split_fits_a_sweep(preset):
+    """`lowres sweep --preset P` stores every all-vs-all pair score; no preset may be refused."""
+    from lowres.sweep import MAX_PAIRS
+
+    pre = syn.PRESETS[preset]
+    n = pre.test_identities * pre.test_images
+    assert n * (n - 1) // 2 <= MAX_PAIRS
+    # Enough genuine pairs for TAR intervals of a few points.
+    assert pre.test_identities * pre.test_images * (pre.test_images - 1) // 2 >= 3000
