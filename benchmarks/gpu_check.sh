@@ -4,8 +4,10 @@
 #     bash benchmarks/gpu_check.sh [OUT_DIR] [DEVICE]        (defaults: runs/gpu_check cuda)
 #
 # 1. The default sweep (`lowres sweep`: six losses on synth, probes 48..3 px) with the 20-layer
-#    SphereFace network (`--backbone sphere20`, 512-d, 112x96 input), models trained on demand
-#    and cached under $LOWRES_CACHE, no figures. Prints the inference stage's rate from
+#    SphereFace network (`--backbone sphere20`, 512-d, 112x96 input), no figures. The models are
+#    trained on this device into a fresh cache, OUT_DIR/models (a cache holding models trained
+#    elsewhere would skip the GPU training path), and OUT_DIR/sweep is removed first, so every
+#    cell is computed here. Prints the inference stage's rate from
 #    provenance.json: images degraded and embedded per second (each batch is degraded once and
 #    fed to every model) and model-images per second (counting each model's forward pass).
 # 2. The three benchmarks of the measuring instrument on the same device: degrade+embed overhead
@@ -27,9 +29,10 @@ print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}"
 EOF
 
 echo "== 1. default sweep, sphere20, device $device"
+rm -rf "$out/models" "$out/sweep"
 # shellcheck disable=SC2086
 python3 -m lowres sweep --backbone sphere20 --device "$device" --folds 0 --no-plot \
-    --out "$out/sweep" ${SWEEP_ARGS:-}
+    --model-cache "$out/models" --out "$out/sweep" ${SWEEP_ARGS:-}
 python3 - "$out/sweep/provenance.json" <<'EOF'
 import json
 import sys

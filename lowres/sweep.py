@@ -1108,7 +1108,10 @@ def _compute_cells(
     device = pick_device(None if config.device == "auto" else config.device)
     idx_a, idx_b, issame, pair_folds = _protocol(test)
     labels = test.labels.numpy().astype(np.int64)
+    # Onto the device once for every scale (embed_many would copy it again for each call).
     images = test.images
+    if device.type == "cuda":
+        images = images.pin_memory().to(device, non_blocking=True)
     size_of = dict(grid)
     need = {p.entry.name: p for ps in missing.values() for p in ps}
 
