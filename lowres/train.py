@@ -12,7 +12,9 @@ Determinism: all randomness is counter-based. The model is initialised after
 ``torch.Generator`` seeded with ``mix(seed, e)`` and the augmentation of image ``i`` of batch
 ``b`` from ``mix(mix(seed, e, b), i)``. The same seed therefore gives bit-identical weights on
 CPU, and a run can stop after any step and resume to exactly the weights of an uninterrupted
-run.
+run. On CUDA the same draws are made, but cuDNN's convolution backward and the atomic adds of
+``index_add_`` (center loss) are not deterministic kernels, and AMP rounds differently: two CUDA
+runs of one seed, or a resumed one, agree statistically, not bit for bit.
 
 Data parallel (``torchrun --nproc_per_node=N -m lowres train ...``, see
 :mod:`lowres.distributed`): ``batch_size`` stays the global batch of one step. Every process
