@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from lowres.errors import ConfigError
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
@@ -40,3 +42,28 @@ def _umask() -> int:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Text variant of :func:`atomic_write_bytes` (UTF-8)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable(path: str | os.PathLike, what: str, *, is_folder: bool = True) -> None:
+    """Fail now, before any work, when ``path`` cannot be written: it (a folder) is a file, it
+    lies inside a file, or its nearest existing folder is not writable.
+
+    Args:
+        path: the folder (``is_folder``) or file a command will create or write into.
+        what: how the user named it, e.g. ``"--out"``, for the message.
+
+    Raises:
+        ConfigError: one line naming the path and what to do instead.
+    """
+    path = Path(path)
+    if is_folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file; give a folder path")
+    if not is_folder and path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file path")
+    probe = path if is_folder else path.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {path} lies inside {probe}, a file; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: cannot write in {probe}; choose a writable folder")

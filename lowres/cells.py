@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from lowres.atomic import check_writable
 from lowres.errors import ConfigError, ResultsError
 
 CELL_FORMAT = "lowres-cell/1"
@@ -77,10 +78,10 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, force: bool) -> N
 
     Raises:
         ResultsError: the folder holds another sweep or foreign files (and not ``force``).
+        ConfigError: ``out`` is a file, lies inside one, or cannot be written.
     """
     prov_path = out / "provenance.json"
-    if out.exists() and not out.is_dir():
-        raise ResultsError(f"--out {out} is a file; give a folder path")
+    check_writable(out, "--out")
     if not out.exists():
         return
     if prov_path.is_file():

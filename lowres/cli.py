@@ -36,6 +36,15 @@ class LowresGroup(click.Group):
             return super().invoke(ctx)
         except LowresError as exc:
             raise BadInput(str(exc)) from None
+        except OSError as exc:
+            # A path the commands could not check ahead (a read-only disk, a full one, a file
+            # removed meanwhile): still one line, not a traceback.
+            if exc.filename is None:
+                raise
+            raise BadInput(
+                f"{exc.strerror or exc}: {exc.filename}; check the path, its permissions and the "
+                "free disk space"
+            ) from None
         except click.UsageError as exc:
             where = ctx.command_path
             if exc.ctx is not None and exc.ctx is not ctx:
@@ -211,6 +220,12 @@ def data_show_cmd(name, sheet, ids, per_id, fold, seed, preset) -> None:
     from lowres.data import load_dataset
     from lowres.data.registry import get_split_labels, has_own_split, protocol_summary
 
+    if sheet:
+        from lowres.atomic import check_writable
+
+        check_writable(sheet, "--sheet", is_folder=False)
+    if preset is not None and not has_own_split(name):
+        raise click.BadParameter(f"applies only to synth, not to {name}", param_hint="--preset")
     ds = load_dataset(name, seed=seed, preset=preset)
     split = None
     if has_own_split(name):
@@ -249,7 +264,11 @@ def _split_list(ctx, param, value):
     items = [v.strip() for v in _split_top_level(value)]
     if not [v for v in items if v]:
         raise click.BadParameter("is empty; give a comma-separated list", ctx=ctx, param=param)
-    return [v for v in items if v]
+    if "" in items:
+        raise click.BadParameter(
+            f"{value!r} has an empty item; remove the extra comma", ctx=ctx, param=param
+        )
+    return items
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -433,7 +452,9 @@ def sweep_cmd(
 
     if scales is not None and sizes is not None:
         raise click.UsageError("give --scales or --sizes, not both")
-    scale_values = parsed("scales", S.parse_float_list, scales, "--scales") if scales else None
+    scale_values = (
+        parsed("scales", S.parse_float_list, scales, "--scales") if scales is not None else None
+    )
     if scale_values is not None:
         parsed("scales", S.validate_scales, scale_values)
     size_values = None
@@ -451,7 +472,12 @@ def sweep_cmd(
     if shard_value is not None and save_baseline:
         raise click.UsageError("--save-baseline needs the whole sweep; give it to lowres merge")
     model_list = tuple(models) if models is not None else S.DEFAULT_MODELS
-    variant_map = dict(parsed("variants", S.parse_variant, v) for v in variants) or None
+    variant_pairs = [parsed("variants", S.parse_variant, v) for v in variants]
+    names = [name for name, _ in variant_pairs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise _bad(ctx, "variants", ValueError(f"variant {twice[0]!r} is defined twice; keep one"))
+    variant_map = dict(variant_pairs) or None
     try:
         S.resolve_models(model_list, variant_map)
     except (ConfigError, CheckpointError) as exc:
@@ -460,7 +486,7 @@ def sweep_cmd(
         models=model_list,
         scales=scale_values,
         sizes=size_values,
-        data=data or S.DEFAULT_DATA,
+        data=S.DEFAULT_DATA if data is None else data,
         preset=preset,
         degrade=degrade_text,
         pairing=pairing,

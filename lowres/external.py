@@ -542,14 +542,15 @@ def export_torchscript(ckpt: str | os.PathLike, out: str | os.PathLike) -> tuple
 
     Raises:
         CheckpointError: not a valid lowres checkpoint, or the trace disagrees with the model.
-        ConfigError: ``out`` is a folder or names an ONNX file.
+        ConfigError: ``out`` is a folder, names an ONNX file, or cannot be written.
     """
-    from lowres.atomic import atomic_write_bytes, atomic_write_text
+    from lowres.atomic import atomic_write_bytes, atomic_write_text, check_writable
     from lowres.checkpoint import load_checkpoint
 
     out = Path(out).expanduser()
     if out.is_dir():
         raise ConfigError(f"{out} is a folder; give the archive's file name, e.g. {out}/model.pt")
+    check_writable(out, "OUT", is_folder=False)
     if out.suffix.lower() == ".onnx":
         raise ConfigError(f"lowres export writes TorchScript; name the file {out.stem}.pt")
     if out.suffix.lower() in (".json", ".toml"):

@@ -576,6 +576,9 @@ def run_study(
     workers = study.jobs if jobs is None else int(jobs)
     if workers < 1:
         raise ConfigError(f"jobs must be >= 1, got {workers}")
+    from lowres.atomic import check_writable
+
+    check_writable(out_dir, "--out")
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     history = _previous_runs(out_dir)

@@ -321,10 +321,9 @@ class SweepResult:
 
 
 def parse_float_list(text: str, what: str) -> tuple[float, ...]:
-    """``"1,0.5,1/4"`` -> floats (fractions allowed). ConfigError on empty or non-numbers."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise ConfigError(f"{what} is empty; give a comma list such as 1,0.5,0.25")
+    """``"1,0.5,1/4"`` -> floats (fractions allowed). ConfigError on an empty list or item,
+    a non-number, or a value given twice."""
+    items = _list_items(text, what, "1,0.5,0.25")
     out = []
     for item in items:
         try:
@@ -336,14 +335,23 @@ def parse_float_list(text: str, what: str) -> tuple[float, ...]:
         except (ValueError, ZeroDivisionError):
             raise ConfigError(f"{what}: {item!r} is not a number; use e.g. 0.5 or 1/4") from None
         out.append(value)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{what} lists a value twice: {text}")
     return tuple(out)
+
+
+def _list_items(text: str, what: str, example: str) -> list[str]:
+    items = [t.strip() for t in str(text).split(",")]
+    if not any(items):
+        raise ConfigError(f"{what} is empty; give a comma list such as {example}")
+    if "" in items:
+        raise ConfigError(f"{what} {text!r} has an empty item; remove the extra comma")
+    return items
 
 
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     """``"0,1,2"`` -> ints >= 0. ConfigError on empty, negative or non-integers."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise ConfigError(f"{what} is empty; give a comma list such as 0,1")
+    items = _list_items(text, what, "0,1")
     out = []
     for item in items:
         if not re.fullmatch(r"\d+", item):
@@ -443,6 +451,17 @@ def _variant_entry(name: str, values: Any) -> ModelEntry:
     TrainConfig.from_dict({**train, "method": str(spec)})
     if name.lower() == PIXELS or _looks_like_path(name):
         raise ConfigError(f"variant name {name!r} is reserved or looks like a path; rename it")
+    try:
+        shadowed = parse_method(name)
+    except ConfigError:
+        shadowed = None
+    # A variant may carry its own method's name (a study's shared settings do that); another
+    # method's name would label one loss's results as another's.
+    if shadowed is not None and shadowed != spec:
+        raise ConfigError(
+            f"variant name {name!r} is the method {shadowed}, so the table would label one "
+            f"model as another; rename it, e.g. '{name}+aug'"
+        )
     return ModelEntry(
         name=name, kind="method", method=str(spec), source=name, spec=spec, train=train
     )
@@ -492,14 +511,16 @@ def resolve_models(
                     ModelEntry(name=ext.path.name, kind="external", method=ext.format, source=text)
                 )
                 continue
-            from lowres.checkpoint import read_sidecar
+            from lowres.checkpoint import load_checkpoint
 
             path = Path(text).expanduser()
             if not path.exists():
                 raise CheckpointError(
                     f"checkpoint {text} does not exist; check the path or give a method name"
                 )
-            sidecar = read_sidecar(path)
+            # The whole checkpoint is checked now (sha256, keys and shapes), not when its
+            # cells come up: a damaged file must fail before the output folder is touched.
+            sidecar = load_checkpoint(path).sidecar
             spec = parse_method(sidecar["method"])
             folder = path if path.is_dir() else path.parent
             entries.append(
@@ -855,6 +876,7 @@ def run_sweep(
     folds = parse_int_list(",".join(map(str, config.folds)), "folds")
     seeds = parse_int_list(",".join(map(str, config.seeds)), "seeds")
     entries = resolve_models(config.models, config.variants)
+    _check_training_settings(entries, config, folds, seeds)
     shard = shards.validate_shard(config.shard)
     if shard is not None and config.save_baseline is not None:
         raise ConfigError(
@@ -1061,6 +1083,32 @@ def _assemble_outputs(
         figures = plot_run(out)
         timings["plot"] = time.perf_counter() - t0
     return table, figures
+
+
+def _check_training_settings(
+    entries: Sequence[ModelEntry], config: SweepConfig, folds: Sequence[int], seeds: Sequence[int]
+) -> None:
+    """Everything the on-demand models need that can be checked without training them: the
+    backbone and method names, every training setting, a preset only where the data has one,
+    and a writable model cache. Training starts after the output folder exists, so a bad
+    setting found there would leave a half-made sweep behind."""
+    from lowres.atomic import check_writable
+    from lowres.data.registry import has_own_split
+    from lowres.train import check_names
+
+    if config.preset is not None and not has_own_split(config.data):
+        raise ConfigError(
+            f"--preset {config.preset} applies only to the synthetic dataset (synth), not to "
+            f"{config.data}; drop it"
+        )
+    methods = [e for e in entries if e.kind == "method"]
+    for entry in methods:
+        for fold in folds:
+            for seed in seeds:
+                check_names(train_config(entry, config, fold, seed))
+    if methods:
+        cache = Path(config.model_cache) if config.model_cache else default_model_cache()
+        check_writable(cache, "--model-cache")
 
 
 def _check_training_data(config: SweepConfig) -> None:

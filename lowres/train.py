@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from lowres import distributed as ddp
+from lowres.atomic import check_writable
 from lowres.checkpoint import (
     SIDECAR_FILE,
     STATE_FILE,
@@ -726,15 +727,24 @@ def _build(config: TrainConfig, num_classes: int) -> tuple[nn.Module, nn.Module,
     return model, loss, spec, kwargs
 
 
-def _check_names(config: TrainConfig) -> None:
-    """Fail on an unknown method or model before any data is loaded."""
+def check_names(config: TrainConfig) -> None:
+    """Fail on an unknown method or model, or a preset for data that has none, before any data
+    is loaded (a sweep calls it for every model before it writes anything)."""
     from lowres import models
+    from lowres.data.registry import has_own_split
     from lowres.methods import parse_method
 
     parse_method(config.method)
     names = models.list_models()
     if config.model not in names:
         raise ConfigError(f"unknown model {config.model!r}; choose one of {', '.join(names)}")
+    if config.preset is not None and not has_own_split(config.data):
+        # Presets size the synthetic generator; any other data would ignore it yet still get
+        # a new cache hash, training a duplicate model.
+        raise ConfigError(
+            f"preset {config.preset!r} applies only to the synthetic dataset (synth), not to "
+            f"{config.data}; drop it"
+        )
 
 
 def _adapter_for(model: nn.Module) -> Any:
@@ -884,7 +894,7 @@ def train(
         out_dir: checkpoint folder (only this folder is written).
         resume: continue from ``out_dir/state.pt`` if present (exactly where it stopped, with
             any number of processes); a finished run is returned as is. Without it, an
-            ``out_dir`` that already holds a checkpoint is refused.
+            ``out_dir`` that already holds a checkpoint, or any other file, is refused.
         progress: progress bar + one line per epoch on stderr (rank 0 only).
         max_steps: stop after this many optimizer steps in total (counting steps before a
             resume), writing a resumable checkpoint; None trains all epochs.
@@ -903,12 +913,20 @@ def train(
         raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
     if max_steps is not None:
         _check_int("max_steps", max_steps, 1)
-    _check_names(config)
+    check_names(config)
     world = ddp.from_env()
     out = Path(out_dir)
     state_path, side_path = out / STATE_FILE, out / SIDECAR_FILE
 
+    check_writable(out, "--out")
     state: dict | None = None
+    if not resume and out.is_dir() and not (side_path.exists() or state_path.exists()):
+        if any(out.iterdir()):
+            # A sweep folder or someone's files: checkpoint files would be mixed into them.
+            raise ConfigError(
+                f"{out} is not empty and holds no checkpoint; choose an empty or new --out "
+                "(or pass --resume to continue a run interrupted before its first checkpoint)"
+            )
     if side_path.exists() or state_path.exists():
         if not resume:
             raise ConfigError(

@@ -184,6 +184,14 @@ def test_interrupted_sweep_resumes_to_the_same_table(reference, tmp_path, sig):
         ["--variant", "SM+aug=SM;augment_resolution=true"],
         ["--variant", "SM+R(0.01)=SM+R(0.01);seed=3"],
         ["--variant", "SM=SM;epochz=3"],
+        ["--backbone", "resnet9000"],
+        ["--data", "orl", "--preset", "cpu"],
+        ["--models", "SM,,SF"],
+        ["--scales", ""],
+        ["--scales", "1,1,0.5"],
+        ["--far", "1e-2,1e-2"],
+        ["--variant", "SM=SF"],
+        ["--variant", "SM+aug=SM", "--variant", "SM+aug=SF"],
     ],
     ids=[
         "unknown",
@@ -198,6 +206,14 @@ def test_interrupted_sweep_resumes_to_the_same_table(reference, tmp_path, sig):
         "variant-unlisted",
         "variant-reserved",
         "variant-unknown-key",
+        "unknown-backbone",
+        "preset-without-synth",
+        "empty-item",
+        "scales-empty",
+        "scale-twice",
+        "far-twice",
+        "variant-named-as-another-method",
+        "variant-twice",
     ],
 )
 def test_bad_input_exits_2_and_keeps_results(reference, tmp_path, extra):
@@ -212,6 +228,49 @@ def test_bad_input_exits_2_and_keeps_results(reference, tmp_path, extra):
     assert result.exit_code == 2, result.output
     assert "Error" in result.output
     assert _tree_digest(out) == before
+
+
+def test_damaged_checkpoint_fails_before_the_results_are_touched(reference, tmp_path):
+    """A checkpoint whose weights were cut short is refused when the sweep starts, not when
+    its cells come up (which used to rewrite provenance.json of the folder first)."""
+    config, _, cache = reference
+    out = tmp_path / "keep"
+    shutil.copytree(config.out, out)
+    before = _tree_digest(out)
+    source = next(p.parent for p in sorted(cache.rglob("model.safetensors")))
+    damaged = shutil.copytree(source, tmp_path / "damaged")
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", f"SM,{damaged}"]
+    args += ["--scales", "1,0.5,0.25", "--far", "1e-2,1e-1", "--epochs", "1"]
+    result = cli([*args, "--out", str(out), "--model-cache", str(cache), "--no-plot"])
+    assert result.exit_code == 2 and "does not match" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert _tree_digest(out) == before
+
+
+def test_out_inside_a_file_is_refused(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    _refused_before_writing(afile / "sub", [], "lies inside")
+    assert afile.read_text() == "mine"
+
+
+def test_a_filesystem_error_is_one_line_exit_2(tmp_path, monkeypatch):
+    """What no check can see coming (a read-only or full disk) still ends as one line."""
+
+    def refuse(config, **_):
+        raise PermissionError(13, "Permission denied", str(config.out / "provenance.json"))
+
+    monkeypatch.setattr(S, "run_sweep", refuse)
+    register_preset()
+    result = cli(["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM",
+                  "--out", str(tmp_path / "ro"), "--no-plot"])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"Error: Permission denied: {tmp_path / 'ro' / 'provenance.json'}; check the path, its "
+        "permissions and the free disk space"
+    ]
 
 
 def _refused_before_writing(out: Path, extra: list[str], fragment: str) -> None:

@@ -361,6 +361,7 @@ def test_divergent_lr_raises_training_error(tmp_path):
         (["--method", "XYZ"], "XYZ"),
         (["--method", "SM+R(abc)"], "abc"),
         (["--method", "SM", "--model", "nonet"], "nonet"),
+        (["--method", "SM", "--preset", "cpu"], "applies only to the synthetic dataset"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, needle):
@@ -370,6 +371,24 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and needle in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_out_is_checked_before_training(tmp_path):
+    """A folder holding other files (a sweep, someone's notes) or a path inside a file is
+    refused before any step runs; nothing is mixed into the folder."""
+    busy = tmp_path / "sweep"
+    busy.mkdir()
+    (busy / "results.csv").write_text("mine")
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for out, needle in ((busy, "not empty and holds no checkpoint"), (afile / "o", "inside")):
+        result = CliRunner().invoke(
+            cli, ["train", "--method", "SM", "--data", "orl", "--out", str(out)]
+        )
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and needle in result.output
+    assert [p.name for p in busy.iterdir()] == ["results.csv"]
+    assert afile.read_text() == "mine"
 
 
 def test_cli_trains_and_prints_summary(tmp_path):
