@@ -36,6 +36,7 @@ from lowres.results import (
 
 BASELINE_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, "size_px", "value")
 _TEXT_KEYS = ("dataset", "model", "pairing", "metric", "reference")
+_NUMBER_KEYS = ("scale", "far", "fold", "seed")
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,14 @@ def save_baseline(table: pd.DataFrame, path: str | os.PathLike) -> Path:
 def read_baseline(path: str | os.PathLike) -> pd.DataFrame:
     """Read a baseline CSV.
 
+    A value is a finite number, except where :func:`save_baseline` writes otherwise: an empty
+    ``critical_size_px`` (no tested width reached the target) and an infinite ``dprime``
+    (constant, separated scores). Anything else (empty, text, -inf) would compare as a silent
+    pass or a false regression, so it is bad input.
+
     Raises:
-        ResultsError: missing file, unreadable CSV, or missing columns.
+        ResultsError: missing file, unreadable CSV, missing columns, or a missing, non-numeric
+            or impossible value (names the row).
     """
     path = Path(path)
     if not path.is_file():
@@ -121,7 +128,7 @@ def read_baseline(path: str | os.PathLike) -> pd.DataFrame:
             f"baseline {path} not found; write one with `lowres sweep ... --save-baseline FILE`"
         )
     try:
-        frame = pd.read_csv(path, dtype=dict.fromkeys(_TEXT_KEYS, str))
+        frame = pd.read_csv(path, dtype=dict.fromkeys((*_TEXT_KEYS, "value"), str))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ResultsError(f"baseline {path} is not a readable CSV ({exc}); rewrite it") from None
     missing = [c for c in (*KEY_COLUMNS, "value") if c not in frame.columns]
@@ -129,7 +136,28 @@ def read_baseline(path: str | os.PathLike) -> pd.DataFrame:
         raise ResultsError(
             f"baseline {path} lacks columns {missing}; write it with `lowres sweep --save-baseline`"
         )
-    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+    for col in _NUMBER_KEYS:
+        bad = frame[col].notna() & pd.to_numeric(frame[col], errors="coerce").isna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise ResultsError(
+                f"baseline {path} has a non-numeric {col} {frame[col].iloc[row]!r} at row "
+                f"{row + 1}; rewrite it with `lowres sweep ... --save-baseline FILE`"
+            )
+    raw = frame["value"]
+    value = pd.to_numeric(raw, errors="coerce")
+    valid = np.isfinite(value)
+    valid |= raw.isna() & (frame["metric"] == "critical_size_px")
+    valid |= (value == np.inf) & (frame["metric"] == "dprime")
+    if not valid.all():
+        row = int((~valid).to_numpy().argmax())
+        shown = "empty" if pd.isna(raw.iloc[row]) else repr(raw.iloc[row])
+        raise ResultsError(
+            f"baseline {path} has a missing, non-numeric or infinite value at row {row + 1} "
+            f"({shown} for {frame['metric'].iloc[row]}); rewrite it with "
+            "`lowres sweep ... --save-baseline FILE`"
+        )
+    frame["value"] = value
     for col in _TEXT_KEYS:
         frame[col] = frame[col].fillna("")
     return frame
@@ -166,10 +194,10 @@ def check_results(
     value = both["value"].to_numpy(dtype=np.float64)
     ref = both["baseline"].to_numpy(dtype=np.float64)
     higher = both["metric"].isin(HIGHER_IS_BETTER).to_numpy()
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # NaN cells, and inf - inf for a d' of inf in both
         worse = np.where(higher, value < ref - tolerance, value > ref + tolerance)
+        both["delta"] = value - ref
     lost = np.isnan(value) & ~np.isnan(ref)
-    both["delta"] = value - ref
     regressed = both[worse | lost].copy()
     regressed["far"] = pd.to_numeric(regressed["far"].replace("", np.nan))
     regressed = regressed.drop(columns=["_merge"]).reset_index(drop=True)

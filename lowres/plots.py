@@ -587,7 +587,8 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
     so rerunning a finished sweep costs no drawing time.
 
     Raises:
-        ResultsError: the folder or its ``results.csv`` is missing.
+        ResultsError: the folder or its ``results.csv`` is missing (a shard folder says to
+            merge first) or the table is damaged (see :func:`lowres.results.read_table`).
     """
     import hashlib
 

@@ -157,6 +157,22 @@ _STR_COLUMNS = (
 )
 
 
+_FILLED_COLUMNS = (
+    "dataset",
+    "model",
+    "method",
+    "pairing",
+    "fold",
+    "metric",
+    "degrade",
+    "degrade_hash",
+)
+"""Columns a sweep fills in every row (fold is :data:`POOLED` where scores were pooled); an
+empty one, or a ``degrade_hash`` (the last column) shorter than its 12 hex digits, marks a row
+cut short: a truncated or damaged table."""
+_HASH = r"[0-9a-f]{12}"
+
+
 def make_row(**fields: Any) -> dict[str, Any]:
     """One table row with every column present (missing ones empty).
 
@@ -264,16 +280,65 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a results table written by :func:`write_table`.
 
     Raises:
-        ResultsError: the file is missing, not CSV, or lacks the schema's columns.
+        ResultsError: the file is missing (or its folder is one shard of a sweep), not CSV,
+            lacks the schema's columns, holds text in a number column, or has a row cut short.
     """
     path = Path(path)
     if not path.is_file():
+        _refuse_shard(path.parent)
         raise ResultsError(f"results table {path} not found; run `lowres sweep --out DIR` first")
     try:
         frame = pd.read_csv(path, keep_default_na=True, dtype={c: str for c in _STR_COLUMNS})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{path} is not a readable CSV ({exc}); regenerate it") from None
+    _check_cells(frame, path)
     return normalise(frame)
+
+
+def _refuse_shard(folder: Path) -> None:
+    """A ``lowres sweep --shard i/n`` folder has cells but no table until the shards are merged:
+    say so instead of asking for a sweep that already ran."""
+    from lowres.shards import SHARD_MANIFEST, read_manifest  # lowres.shards imports this module
+
+    if (folder / SHARD_MANIFEST).is_file():
+        shard = read_manifest(folder)["shard"]
+        raise ResultsError(
+            f"{folder} is shard {shard['index']}/{shard['count']} of a sweep and holds no "
+            "results.csv; join the shards with `lowres merge OUT SHARD_DIR...` first, then use OUT"
+        )
+
+
+def _check_cells(frame: pd.DataFrame, path: Path) -> None:
+    """ResultsError for the first cell :func:`normalise` cannot type (text in a number column)
+    and for the first row cut short (see :data:`_FILLED_COLUMNS`), naming row and column;
+    :func:`normalise` reports missing columns."""
+    for col in (*_INT_COLUMNS, *_FLOAT_COLUMNS):
+        if col not in frame:
+            continue
+        number = pd.to_numeric(frame[col], errors="coerce")
+        bad = frame[col].notna() & number.isna()
+        kind = "non-numeric"
+        if col in _INT_COLUMNS:
+            bad |= number.notna() & (number % 1 != 0)
+            kind = "non-integer"
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise ResultsError(
+                f"{path} has a {kind} value {frame[col].iloc[row]!r} in column {col} "
+                f"(row {row + 1}); regenerate it with `lowres sweep`"
+            )
+    filled = [c for c in _FILLED_COLUMNS if c in frame]
+    cut = frame[filled].isna()
+    if "degrade_hash" in cut:
+        cut["degrade_hash"] |= ~frame["degrade_hash"].fillna("").str.fullmatch(_HASH)
+    short = cut.any(axis=1).to_numpy()
+    if short.any():
+        row = int(short.argmax())
+        cols = ", ".join(c for c in filled if cut[c].iloc[row])
+        raise ResultsError(
+            f"{path} is truncated or damaged: row {row + 1} has an empty or cut {cols}, which "
+            "lowres sweep always fills; regenerate it with `lowres sweep`"
+        )
 
 
 def software_versions() -> dict[str, str]:

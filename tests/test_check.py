@@ -118,3 +118,113 @@ def test_negative_tolerance_rejected(run):
     )
     with pytest.raises(ResultsError):
         check_run(folder, baseline, tolerance=float("nan"))
+
+
+def _assert_bad_input(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _damage(table, case: str) -> tuple[str, ...]:
+    """Damage a written results.csv the way an editor, a full disk or `head -c` does; return
+    what the error must say."""
+    text = table.read_text()
+    lines = text.splitlines(keepends=True)
+    if case == "non-numeric":
+        header = lines[0].strip().split(",")
+        cells = lines[3].split(",")
+        cells[header.index("value")] = "abc"
+        lines[3] = ",".join(cells)
+        table.write_text("".join(lines))
+        return ("non-numeric value 'abc' in column value (row 3)", "lowres sweep")
+    if case == "cut-mid-row":
+        table.write_text("".join(lines[:11]) + lines[11][: len(lines[11]) // 2])
+        return ("truncated or damaged: row 11", "lowres sweep")
+    table.write_text(text[:-5])  # cut inside degrade_hash, the last column
+    return (f"truncated or damaged: row {len(lines) - 1}", "degrade_hash")
+
+
+@pytest.mark.parametrize("case", ["non-numeric", "cut-mid-row", "cut-in-last-field"])
+def test_damaged_results_table_is_one_line_exit_2(run, case):
+    folder, baseline = run
+    fragments = _damage(folder / "results.csv", case)
+    _assert_bad_input(_cli("check", str(folder), "--baseline", str(baseline)), *fragments)
+
+
+@pytest.mark.parametrize("case", ["one-empty", "all-empty", "minus-inf", "text"])
+def test_baseline_without_a_usable_value_is_one_line_exit_2(run, case):
+    """A baseline value that is empty, text or -inf would pass or fail every cell silently."""
+    folder, baseline = run
+    base = pd.read_csv(baseline, dtype={"value": object})
+    row = int(base.index[base["metric"] == "tar"][2])
+    if case == "all-empty":
+        base["value"], row = np.nan, 0
+    else:
+        base.loc[row, "value"] = {"one-empty": np.nan, "minus-inf": "-inf", "text": "xyz"}[case]
+    base.to_csv(baseline, index=False)
+    _assert_bad_input(
+        _cli("check", str(folder), "--baseline", str(baseline)),
+        f"baseline {baseline} has a missing, non-numeric or infinite value at row {row + 1}",
+        "--save-baseline",
+    )
+
+
+def test_baseline_keeps_the_empty_and_infinite_values_a_sweep_writes(run):
+    """No tested width reaching the target leaves critical_size_px empty, constant separated
+    scores give d' = inf: save_baseline writes both, so both read back and compare."""
+    folder, baseline = run
+    table = read_table(folder / "results.csv")
+    table.loc[table["metric"] == "critical_size_px", "value"] = np.nan
+    table.loc[table["metric"] == "auc", "metric"] = "dprime"
+    table.loc[table["metric"] == "dprime", "value"] = np.inf
+    write_table(table, folder / "results.csv")
+    save_baseline(table, baseline)
+    base = read_baseline(baseline)
+    assert base.loc[base["metric"] == "critical_size_px", "value"].isna().all()
+    assert (base.loc[base["metric"] == "dprime", "value"] == np.inf).all()
+    result = _cli("check", str(folder), "--baseline", str(baseline))
+    assert result.exit_code == 0, result.output
+
+
+def test_shipped_result_tables_pass_the_damage_checks(tmp_path):
+    """The checks reject nothing a real sweep writes (empty intervals, seeds, sizes, ...)."""
+    from pathlib import Path
+
+    from lowres.check import baseline_frame
+
+    tables = sorted((Path(__file__).parents[1] / "docs" / "results").rglob("results.csv"))
+    tables = [t for t in tables if "degrade_hash" in t.read_text().partition("\n")[0]]
+    assert tables
+    for path in tables:
+        table = read_table(path)
+        save_baseline(table, tmp_path / "baseline.csv")
+        assert len(read_baseline(tmp_path / "baseline.csv")) == len(baseline_frame(table)), path
+
+
+def test_shard_folder_says_to_merge_the_shards_first(run, tmp_path):
+    """A `lowres sweep --shard i/n` folder holds cells and shard.json but no table yet."""
+    from lowres.shards import write_shard_manifest
+
+    _, baseline = run
+    shard = tmp_path / "part2"
+    shard.mkdir()
+    write_shard_manifest(
+        shard,
+        {},
+        (2, 3),
+        model_ids=["SM"],
+        entries=[],
+        cells={},
+        folds=[0],
+        seeds=[0],
+        context={},
+        timings={},
+    )
+    _assert_bad_input(
+        _cli("check", str(shard), "--baseline", str(baseline)),
+        f"{shard} is shard 2/3 of a sweep",
+        "lowres merge OUT SHARD_DIR...",
+    )

@@ -104,6 +104,43 @@ def test_unknown_kind(tmp_path):
     )
 
 
+NOT_UTF8 = b"\xff\xfe\x00bad"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "show"],
+        ["train", "--method", "SM", "--out", "{out}", "--data"],
+        ["sweep", "--models", "SM", "--out", "{out}", "--data"],
+    ],
+    ids=["data-show", "train", "sweep"],
+)
+def test_manifest_that_is_not_utf8_is_one_line_exit_2(tmp_path, command):
+    toml = tmp_path / "m.toml"
+    toml.write_bytes(NOT_UTF8)
+    out = tmp_path / "out"
+    result = run(*[a.format(out=out) for a in command], str(toml))
+    assert_bad_input(result, out, str(toml), "not UTF-8", "save it as UTF-8")
+
+
+def test_data_list_skips_broken_manifests_and_lists_the_rest(tmp_path, monkeypatch, caplog):
+    """A manifest that is not UTF-8 is skipped with a warning, like one with a TOML syntax
+    error; every other dataset is still listed."""
+    (tmp_path / "a_not_utf8.toml").write_bytes(NOT_UTF8)
+    (tmp_path / "b_bad_toml.toml").write_text('name = "oops\n')
+    manifest(tmp_path / "c_mine.toml", 'kind = "identity-folders"\nroot = "absent"')
+    monkeypatch.setenv("LOWRES_MANIFESTS", str(tmp_path))
+    result = run("data", "list")
+    assert result.exit_code == 0, result.output
+    assert "mine" in result.stdout and "orl" in result.stdout
+    assert "Traceback" not in result.output
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert len(skipped) == 2
+    assert "a_not_utf8.toml" in skipped[0] and "not UTF-8" in skipped[0]
+    assert "b_bad_toml.toml" in skipped[1] and "not valid TOML" in skipped[1]
+
+
 def test_protocol_file_with_wrong_sha256(tmp_path):
     write_faces(tmp_path / "faces", {"A": 2})
     (tmp_path / "pairs.txt").write_text("1\nA\t1\t2\nA\t1\tA\t2\n")
@@ -210,3 +247,12 @@ def test_click_usage_errors_are_one_line_exit_2(args, fragment):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     assert fragment in lines[0] and "Usage:" not in result.output
+
+
+def test_sheet_inside_a_file_and_preset_without_synth_are_one_line_exit_2(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    sheet = afile / "s.png"
+    assert_bad_input(run("data", "show", "orl", "--sheet", str(sheet)), sheet, "lies inside")
+    assert afile.read_text() == "mine"
+    assert_bad_input(run("data", "show", "orl", "--preset", "cpu"), sheet, "applies only to synth")

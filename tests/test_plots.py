@@ -179,3 +179,59 @@ def test_foreign_side_table_is_one_line_exit_2(tmp_path, name):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and name in lines[0]
     assert not (tmp_path / "figures").exists()
+
+
+def _plot_cli(folder):
+    from click.testing import CliRunner
+
+    from lowres.cli import cli
+
+    result = CliRunner().invoke(cli, ["plot", str(folder)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert not (folder / "figures").exists()
+    return lines[0]
+
+
+def test_results_table_with_a_non_numeric_value_is_one_line_exit_2(tmp_path):
+    _write_run(tmp_path)
+    path = tmp_path / "results.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    value = lines[0].split(",").index("value")
+    cells = lines[7].split(",")
+    cells[value] = "abc"
+    lines[7] = ",".join(cells)
+    path.write_text("".join(lines))
+    line = _plot_cli(tmp_path)
+    assert f"{path} has a non-numeric value 'abc' in column value (row 7)" in line
+
+
+def test_truncated_results_table_is_one_line_exit_2(tmp_path):
+    """A table cut mid-row (`head -c 3000`, a full disk) is refused, not drawn short."""
+    _write_run(tmp_path)
+    path = tmp_path / "results.csv"
+    text = path.read_text()
+    assert text[2999] != "\n"
+    path.write_text(text[:3000])
+    line = _plot_cli(tmp_path)
+    assert f"{path} is truncated or damaged: row {text[:3000].count(chr(10))}" in line
+
+
+def test_shard_folder_says_to_merge_the_shards_first(tmp_path):
+    from lowres.shards import write_shard_manifest
+
+    write_shard_manifest(
+        tmp_path,
+        {},
+        (1, 2),
+        model_ids=["SM"],
+        entries=[],
+        cells={},
+        folds=[0],
+        seeds=[0],
+        context={},
+        timings={},
+    )
+    line = _plot_cli(tmp_path)
+    assert f"{tmp_path} is shard 1/2 of a sweep" in line and "lowres merge OUT" in line

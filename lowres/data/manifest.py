@@ -189,7 +189,8 @@ def load_manifest(path: str | Path) -> Manifest:
     dataset is loaded (:func:`require_root`, :meth:`ProtocolFile.verify`).
 
     Raises:
-        DataError: unreadable TOML, unknown key or kind, wrong types (one line naming the key).
+        DataError: unreadable or non-UTF-8 TOML, unknown key or kind, wrong types (one line
+            naming the key).
     """
     path = Path(path)
     where = f"manifest {path}"
@@ -200,6 +201,11 @@ def load_manifest(path: str | Path) -> Manifest:
         raise DataError(f"{where} not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise DataError(f"{where} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition; tomllib decodes first
+        raise DataError(
+            f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
     except OSError as exc:
         raise DataError(f"cannot read {where}: {exc.strerror}") from None
     unknown = sorted(set(raw) - _TOP_KEYS)
