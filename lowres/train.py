@@ -727,6 +727,23 @@ def _build(config: TrainConfig, num_classes: int) -> tuple[nn.Module, nn.Module,
     return model, loss, spec, kwargs
 
 
+def optimizer_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """One optimizer step through AMP's GradScaler; False when the scaler skipped it.
+
+    Under fp16 autocast (CUDA) the scaler skips a step whose gradients hold inf/NaN and lowers
+    its scale; then the lr schedule, SphereFace's annealing and the centers must not move
+    either (the caller checks this result). With the scaler disabled (CPU, or ``amp=False``)
+    this is ``optimizer.step()`` and always True.
+    """
+    if not scaler.is_enabled():
+        optimizer.step()
+        return True
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= before
+
+
 def check_names(config: TrainConfig) -> None:
     """Fail on an unknown method or model, or a preset for data that has none, before any data
     is loaded (a sweep calls it for every model before it writes anything)."""
@@ -1182,10 +1199,11 @@ def _train(
                 torch.nn.utils.clip_grad_norm_(
                     [p for g in optimizer.param_groups for p in g["params"]], config.grad_clip
                 )
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_fn.after_step()
+            if optimizer_step(scaler, optimizer):
+                scheduler.step()
+                loss_fn.after_step()
+            else:
+                loss_fn.skip_step()
             iteration += 1
             step_in_epoch += 1
 

@@ -442,3 +442,44 @@ def test_train_split_all_keeps_old_hashes_and_trains_on_everything():
     assert held_out.images.shape[0] == 0
     with pytest.raises(ConfigError, match="train_split"):
         TrainConfig(method="SM", train_split="some")
+
+
+def test_an_amp_step_with_inf_gradients_moves_nothing():
+    """GradScaler skips a step whose gradients overflowed; optimizer_step says so, and the
+    loss then drops its pending center update (SphereFace's annealing does not advance)."""
+    from lowres.methods import build_loss
+    from lowres.train import optimizer_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    loss_fn = build_loss("SF+CL", 4, 3).train()
+    opt = torch.optim.SGD([*model.parameters(), *loss_fn.parameters()], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def step(scale_loss: float) -> bool:
+        opt.zero_grad()
+        scaler.scale(loss_fn(model(x), y).loss * scale_loss).backward()
+        stepped = optimizer_step(scaler, opt)
+        if stepped:
+            loss_fn.after_step()
+        else:
+            loss_fn.skip_step()
+        return stepped
+
+    weights = model.weight.detach().clone()
+    centers = loss_fn.center.centers.clone()
+    iteration = int(loss_fn.head.iteration)
+    assert step(float("inf")) is False
+    assert torch.equal(model.weight, weights)
+    assert torch.equal(loss_fn.center.centers, centers)
+    assert int(loss_fn.head.iteration) == iteration
+    assert step(1.0) is True
+    assert not torch.equal(model.weight, weights)
+    assert not torch.equal(loss_fn.center.centers, centers)
+    assert int(loss_fn.head.iteration) == iteration + 1
+    # Disabled (CPU training): a plain optimizer step.
+    plain = torch.amp.GradScaler("cpu", enabled=False)
+    opt.zero_grad()
+    loss_fn(model(x), y).loss.backward()
+    assert optimizer_step(plain, opt) is True

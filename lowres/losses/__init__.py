@@ -157,6 +157,12 @@ class MethodLoss(nn.Module):
         if self.center is not None:
             self.center.after_step()
 
+    def skip_step(self) -> None:
+        """Call instead of :meth:`after_step` when the optimizer skipped the update (AMP's
+        GradScaler found inf/NaN gradients): annealing and centers stay where they were."""
+        if self.center is not None:
+            self.center.discard_step()
+
     def stats(self) -> dict[str, float]:
         """Loggable scalars: ``R`` with Ring loss, ``lambda_sf`` with SF, ``alpha`` if learned."""
         out = dict(self.head.stats())

@@ -180,6 +180,11 @@ class CenterLoss(nn.Module):
         self.centers.copy_(LF.apply_center_update(self.centers, stats, self.alpha))
         self._pending = None
 
+    def discard_step(self) -> None:
+        """Drop the pending update: the optimizer skipped this step (AMP found inf/NaN
+        gradients), so the centers do not move either."""
+        self._pending = None
+
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, dim={self.dim}, weight={self.weight:g}, "
