@@ -206,23 +206,11 @@ def test_shipped_result_tables_pass_the_damage_checks(tmp_path):
 
 def test_shard_folder_says_to_merge_the_shards_first(run, tmp_path):
     """A `lowres sweep --shard i/n` folder holds cells and shard.json but no table yet."""
-    from lowres.shards import write_shard_manifest
+    from tiny_sweep import empty_shard
 
     _, baseline = run
     shard = tmp_path / "part2"
-    shard.mkdir()
-    write_shard_manifest(
-        shard,
-        {},
-        (2, 3),
-        model_ids=["SM"],
-        entries=[],
-        cells={},
-        folds=[0],
-        seeds=[0],
-        context={},
-        timings={},
-    )
+    empty_shard(shard, 2, 3)
     _assert_bad_input(
         _cli("check", str(shard), "--baseline", str(baseline)),
         f"{shard} is shard 2/3 of a sweep",

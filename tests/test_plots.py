@@ -219,19 +219,8 @@ def test_truncated_results_table_is_one_line_exit_2(tmp_path):
 
 
 def test_shard_folder_says_to_merge_the_shards_first(tmp_path):
-    from lowres.shards import write_shard_manifest
+    from tiny_sweep import empty_shard
 
-    write_shard_manifest(
-        tmp_path,
-        {},
-        (1, 2),
-        model_ids=["SM"],
-        entries=[],
-        cells={},
-        folds=[0],
-        seeds=[0],
-        context={},
-        timings={},
-    )
+    empty_shard(tmp_path, 1, 2)
     line = _plot_cli(tmp_path)
     assert f"{tmp_path} is shard 1/2 of a sweep" in line and "lowres merge OUT" in line

@@ -1,4 +1,5 @@
-"""Shared by the sweep and shard tests: a tiny synthetic preset and a fast sweep config.
+"""Shared by the sweep, shard, check and plot tests: a tiny synthetic preset, a fast sweep
+config and an empty shard folder.
 
 12 test identities x 4 images of 28x24 px and 1-epoch models keep a whole sweep to seconds.
 jobs=1 because spawned training workers would not see the test-only preset registered here.
@@ -54,3 +55,23 @@ def cli(args):
     from lowres.cli import cli as group
 
     return CliRunner().invoke(group, args, catch_exceptions=False)
+
+
+def empty_shard(folder: Path, index: int, count: int) -> None:
+    """A folder as `lowres sweep --shard index/count` leaves it, with no cells: enough for the
+    commands that must recognise a shard and point to `lowres merge`."""
+    from lowres.shards import write_shard_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_shard_manifest(
+        folder,
+        {},
+        (index, count),
+        model_ids=["SM"],
+        entries=[],
+        cells={},
+        folds=[0],
+        seeds=[0],
+        context={},
+        timings={},
+    )
