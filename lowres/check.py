@@ -31,12 +31,14 @@ from lowres.results import (
     KEY_COLUMNS,
     LOWER_IS_BETTER,
     atomic_write_text,
+    check_numbers,
     read_table,
 )
 
 BASELINE_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, "size_px", "value")
 _TEXT_KEYS = ("dataset", "model", "pairing", "metric", "reference")
 _NUMBER_KEYS = ("scale", "far", "fold", "seed")
+_REWRITE = "rewrite it with `lowres sweep ... --save-baseline FILE`"
 
 
 @dataclass(frozen=True)
@@ -136,14 +138,7 @@ def read_baseline(path: str | os.PathLike) -> pd.DataFrame:
         raise ResultsError(
             f"baseline {path} lacks columns {missing}; write it with `lowres sweep --save-baseline`"
         )
-    for col in _NUMBER_KEYS:
-        bad = frame[col].notna() & pd.to_numeric(frame[col], errors="coerce").isna()
-        if bad.any():
-            row = int(bad.to_numpy().argmax())
-            raise ResultsError(
-                f"baseline {path} has a non-numeric {col} {frame[col].iloc[row]!r} at row "
-                f"{row + 1}; rewrite it with `lowres sweep ... --save-baseline FILE`"
-            )
+    check_numbers(frame, _NUMBER_KEYS, where=f"baseline {path}", fix=_REWRITE)
     raw = frame["value"]
     value = pd.to_numeric(raw, errors="coerce")
     valid = np.isfinite(value)
@@ -154,8 +149,7 @@ def read_baseline(path: str | os.PathLike) -> pd.DataFrame:
         shown = "empty" if pd.isna(raw.iloc[row]) else repr(raw.iloc[row])
         raise ResultsError(
             f"baseline {path} has a missing, non-numeric or infinite value at row {row + 1} "
-            f"({shown} for {frame['metric'].iloc[row]}); rewrite it with "
-            "`lowres sweep ... --save-baseline FILE`"
+            f"({shown} for {frame['metric'].iloc[row]}); {_REWRITE}"
         )
     frame["value"] = value
     for col in _TEXT_KEYS:

@@ -224,8 +224,6 @@ def data_show_cmd(name, sheet, ids, per_id, fold, seed, preset) -> None:
         from lowres.atomic import check_writable
 
         check_writable(sheet, "--sheet", is_folder=False)
-    if preset is not None and not has_own_split(name):
-        raise click.BadParameter(f"applies only to synth, not to {name}", param_hint="--preset")
     ds = load_dataset(name, seed=seed, preset=preset)
     split = None
     if has_own_split(name):

@@ -308,25 +308,50 @@ def _refuse_shard(folder: Path) -> None:
         )
 
 
-def _check_cells(frame: pd.DataFrame, path: Path) -> None:
-    """ResultsError for the first cell :func:`normalise` cannot type (text in a number column)
-    and for the first row cut short (see :data:`_FILLED_COLUMNS`), naming row and column;
-    :func:`normalise` reports missing columns."""
-    for col in (*_INT_COLUMNS, *_FLOAT_COLUMNS):
+def check_numbers(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    *,
+    where: str,
+    fix: str,
+    integer_columns: Sequence[str] = (),
+) -> None:
+    """ResultsError naming the first cell of ``columns`` that holds text (or, in
+    ``integer_columns``, a fraction), with its row; empty cells pass. Shared by results tables
+    and ``lowres check`` baselines.
+
+    Args:
+        where: how the message names the file, e.g. ``"baseline b.csv"``.
+        fix: what the message tells the user to do.
+    """
+    for col in columns:
         if col not in frame:
             continue
         number = pd.to_numeric(frame[col], errors="coerce")
         bad = frame[col].notna() & number.isna()
         kind = "non-numeric"
-        if col in _INT_COLUMNS:
+        if col in integer_columns:
             bad |= number.notna() & (number % 1 != 0)
             kind = "non-integer"
         if bad.any():
             row = int(bad.to_numpy().argmax())
             raise ResultsError(
-                f"{path} has a {kind} value {frame[col].iloc[row]!r} in column {col} "
-                f"(row {row + 1}); regenerate it with `lowres sweep`"
+                f"{where} has a {kind} value {frame[col].iloc[row]!r} in column {col} "
+                f"(row {row + 1}); {fix}"
             )
+
+
+def _check_cells(frame: pd.DataFrame, path: Path) -> None:
+    """ResultsError for the first cell :func:`normalise` cannot type (text in a number column)
+    and for the first row cut short (see :data:`_FILLED_COLUMNS`), naming row and column;
+    :func:`normalise` reports missing columns."""
+    check_numbers(
+        frame,
+        (*_INT_COLUMNS, *_FLOAT_COLUMNS),
+        where=str(path),
+        fix="regenerate it with `lowres sweep`",
+        integer_columns=_INT_COLUMNS,
+    )
     filled = [c for c in _FILLED_COLUMNS if c in frame]
     cut = frame[filled].isna()
     if "degrade_hash" in cut:

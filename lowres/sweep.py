@@ -876,7 +876,7 @@ def run_sweep(
     folds = parse_int_list(",".join(map(str, config.folds)), "folds")
     seeds = parse_int_list(",".join(map(str, config.seeds)), "seeds")
     entries = resolve_models(config.models, config.variants)
-    _check_training_settings(entries, config, folds, seeds)
+    _check_training_settings(entries, config, folds[0], seeds[0])
     shard = shards.validate_shard(config.shard)
     if shard is not None and config.save_baseline is not None:
         raise ConfigError(
@@ -1086,26 +1086,19 @@ def _assemble_outputs(
 
 
 def _check_training_settings(
-    entries: Sequence[ModelEntry], config: SweepConfig, folds: Sequence[int], seeds: Sequence[int]
+    entries: Sequence[ModelEntry], config: SweepConfig, fold: int, seed: int
 ) -> None:
     """Everything the on-demand models need that can be checked without training them: the
-    backbone and method names, every training setting, a preset only where the data has one,
-    and a writable model cache. Training starts after the output folder exists, so a bad
-    setting found there would leave a half-made sweep behind."""
+    backbone and method names, every training setting, and a writable model cache (a preset
+    for data without presets fails when the test splits load, also before the folder exists).
+    Training starts after the output folder exists, so a bad setting found there would leave a
+    half-made sweep behind. Fold and seed change none of these: one (fold, seed) checks all."""
     from lowres.atomic import check_writable
-    from lowres.data.registry import has_own_split
     from lowres.train import check_names
 
-    if config.preset is not None and not has_own_split(config.data):
-        raise ConfigError(
-            f"--preset {config.preset} applies only to the synthetic dataset (synth), not to "
-            f"{config.data}; drop it"
-        )
     methods = [e for e in entries if e.kind == "method"]
     for entry in methods:
-        for fold in folds:
-            for seed in seeds:
-                check_names(train_config(entry, config, fold, seed))
+        check_names(train_config(entry, config, fold, seed))
     if methods:
         cache = Path(config.model_cache) if config.model_cache else default_model_cache()
         check_writable(cache, "--model-cache")
@@ -1157,9 +1150,7 @@ def _compute_cells(
     idx_a, idx_b, issame, pair_folds = _protocol(test)
     labels = test.labels.numpy().astype(np.int64)
     # Onto the device once for every scale (embed_many would copy it again for each call).
-    images = test.images
-    if device.type == "cuda":
-        images = images.pin_memory().to(device, non_blocking=True)
+    images = test.images.to(device)
     size_of = dict(grid)
     need = {p.entry.name: p for ps in missing.values() for p in ps}
 

@@ -745,23 +745,15 @@ def optimizer_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimize
 
 
 def check_names(config: TrainConfig) -> None:
-    """Fail on an unknown method or model, or a preset for data that has none, before any data
-    is loaded (a sweep calls it for every model before it writes anything)."""
+    """Fail on an unknown method or model before any data is loaded (a sweep calls it for
+    every model before it writes anything)."""
     from lowres import models
-    from lowres.data.registry import has_own_split
     from lowres.methods import parse_method
 
     parse_method(config.method)
     names = models.list_models()
     if config.model not in names:
         raise ConfigError(f"unknown model {config.model!r}; choose one of {', '.join(names)}")
-    if config.preset is not None and not has_own_split(config.data):
-        # Presets size the synthetic generator; any other data would ignore it yet still get
-        # a new cache hash, training a duplicate model.
-        raise ConfigError(
-            f"preset {config.preset!r} applies only to the synthetic dataset (synth), not to "
-            f"{config.data}; drop it"
-        )
 
 
 def _adapter_for(model: nn.Module) -> Any:

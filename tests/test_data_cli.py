@@ -255,4 +255,6 @@ def test_sheet_inside_a_file_and_preset_without_synth_are_one_line_exit_2(tmp_pa
     sheet = afile / "s.png"
     assert_bad_input(run("data", "show", "orl", "--sheet", str(sheet)), sheet, "lies inside")
     assert afile.read_text() == "mine"
-    assert_bad_input(run("data", "show", "orl", "--preset", "cpu"), sheet, "applies only to synth")
+    assert_bad_input(
+        run("data", "show", "orl", "--preset", "cpu"), sheet, "applies only to the synthetic"
+    )

@@ -23,7 +23,7 @@ from lowres.data.dataset import FaceDataset
 from lowres.data.images import IMAGE_EXTENSIONS, cached_images, decode_image, load_identity_folders
 from lowres.data.manifest import Manifest, load_manifest, require_file, require_root
 from lowres.data.protocols import identity_folds, pair_counts, read_lfw_pairs
-from lowres.errors import DataError
+from lowres.errors import ConfigError, DataError
 
 __all__ = [
     "check_dataset",
@@ -348,8 +348,17 @@ def load_dataset(
     Raises:
         DataError: unknown name (lists the valid ones), bad manifest, missing files (says what
             is missing and where to get it), wrong protocol checksum, undecodable image.
+        ConfigError: a preset for data that has none.
     """
     name, m = _resolve(name_or_path)
+    if preset is not None and not has_own_split(name_or_path):
+        # Presets size the synthetic generator; other data would ignore one, yet it would still
+        # enter a model's cache hash and train a duplicate. Every get_split of such data comes
+        # through here.
+        raise ConfigError(
+            f"preset {preset!r} applies only to the synthetic dataset (synth), not to "
+            f"{name_or_path}; drop it"
+        )
     if m is not None:
         return _load_manifest_dataset(m, seed=seed, preset=preset, cache_dir=cache_dir)
     return _BUILTINS[name].load(seed=seed, preset=preset, cache_dir=cache_dir)
