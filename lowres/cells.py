@@ -19,21 +19,27 @@ features), :func:`cell_metric_rows` (TAR@FAR, threshold transfer, AUC, EER, d', 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import math
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lowres.atomic import check_writable
+from lowres.atomic import atomic_write_bytes, atomic_write_text, check_writable
 from lowres.errors import ConfigError, ResultsError
+from lowres.processes import file_lock
 
-CELL_FORMAT = "lowres-cell/1"
+log = logging.getLogger("lowres")
+
+CELL_FORMAT = "lowres-cell/2"
 SWEEP_FORMAT = "lowres-sweep/1"
 CELLS_DIR = "cells"
 ROC_POINTS = 80
@@ -70,11 +76,19 @@ _OWN_OUTPUTS = (
 )
 
 
-def prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, force: bool) -> None:
+LOCK_FILE = ".lowres.lock"
+"""Lock file inside a sweep folder: one process at a time writes a folder (see
+:func:`open_out_dir`); the kernel drops the lock when its holder dies."""
+
+
+def prepare_out_dir(
+    out: Path, fingerprint: dict[str, Any], *, force: bool, clean: bool = True
+) -> None:
     """Refuse (before writing anything) a folder made with other settings unless ``force``.
 
     A folder holding files but no ``provenance.json`` is not a sweep folder and is refused too.
-    With ``force``, only lowres's own outputs are removed; other files stay.
+    With ``force`` and ``clean``, only lowres's own outputs are removed; other files stay. With
+    ``clean=False`` nothing is removed (the check alone, made before any other work).
 
     Raises:
         ResultsError: the folder holds another sweep or foreign files (and not ``force``).
@@ -87,7 +101,7 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, force: bool) -> N
     if prov_path.is_file():
         try:
             prov = json.loads(prov_path.read_text(encoding="utf-8"))
-            old = prov.get("settings")
+            old = prov.get("settings") if isinstance(prov, dict) else None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             old = None
         if old == fingerprint:
@@ -98,12 +112,14 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, force: bool) -> N
                 f"{out} holds a sweep made with other settings ({diff}); use another --out or "
                 "--force to replace it"
             )
-    elif any(out.iterdir()):
+    elif any(p.name != LOCK_FILE for p in out.iterdir()):
         if not force:
             raise ResultsError(
                 f"{out} is not empty and holds no lowres sweep; use another --out or --force"
             )
     else:
+        return
+    if not clean:
         return
     for name in _OWN_OUTPUTS:
         target = out / name
@@ -111,6 +127,35 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, force: bool) -> N
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+
+
+@contextlib.contextmanager
+def open_out_dir(out: Path, fingerprint: dict[str, Any], *, force: bool) -> Iterator[Path]:
+    """The sweep folder ``out``, checked, locked and (with ``force``) cleaned; yields its cells
+    folder.
+
+    The order keeps every promise: the folder is checked before anything is written; a second
+    process on the same folder waits for the first (then reuses its cells); the check is
+    repeated under the lock, and only then does ``force`` remove anything. Leftover temporary
+    files of a killed run are removed (no other process writes here while the lock is held). If
+    the ``with`` body fails before its first cell, a folder this call created is removed
+    again: a refused or interrupted sweep leaves nothing behind.
+    """
+    prepare_out_dir(out, fingerprint, force=force, clean=False)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    cells_dir = out / CELLS_DIR
+    try:
+        with file_lock(out / LOCK_FILE, f"the sweep folder {out}"):
+            prepare_out_dir(out, fingerprint, force=force)
+            cells_dir.mkdir(exist_ok=True)
+            for stale in cells_dir.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+            yield cells_dir
+    except BaseException:
+        if created and not any(cells_dir.glob("*.json")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def describe_difference(old: Any, new: dict[str, Any]) -> str:
@@ -129,6 +174,7 @@ def slug(text: str) -> str:
 def cell_key(
     *,
     fingerprint: dict[str, Any],
+    data_digest: str,
     model: str,
     model_hash: str,
     scale: float,
@@ -137,10 +183,17 @@ def cell_key(
     seed: int,
     fars: Sequence[float],
 ) -> dict[str, Any]:
-    """Everything a cell's numbers depend on."""
+    """Everything a cell's numbers depend on.
+
+    ``data_digest`` is the test split's :meth:`~lowres.data.FaceDataset.content_digest` (its
+    pixels, labels and pairs, not its name) and ``model_hash`` names the model by content (a
+    trained model by its config and its training data's digest, a file by its sha256), so new
+    pixels behind the same names, or a retrained model, never reuse a stale cell.
+    """
     return {
         "format": CELL_FORMAT,
         "data": fingerprint["data"],
+        "data_digest": data_digest,
         "preset": fingerprint["preset"],
         "pairing": fingerprint["pairing"],
         "degrade_hash": fingerprint["degrade_hash"],
@@ -160,17 +213,90 @@ def cell_stem(key: dict[str, Any]) -> str:
     return f"{slug(key['model'])}__{key['size_px']:04d}px__f{key['fold']}_s{key['seed']}__{digest}"
 
 
+def _payload_digest(cell: dict[str, Any]) -> str:
+    """sha256 of a cell's JSON without its own checksum and timing."""
+    body = {k: v for k, v in cell.items() if k not in ("checksum", "seconds")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_cell(
+    cells_dir: Path,
+    key: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    *,
+    rows: list[dict[str, Any]],
+    clean_ref: dict[str, Any] | None,
+    seconds: float,
+) -> dict[str, Any]:
+    """Store a cell: its NPZ, then its JSON naming the NPZ's sha256 and a checksum of itself.
+
+    Both files are written atomically, the JSON last, so a cell exists only once both are whole.
+    Returns the cell as :func:`read_cell` reads it back (JSON round trip), so a fresh run and a
+    resumed one assemble identical numbers.
+    """
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    payload = buf.getvalue()
+    stem = cell_stem(key)
+    atomic_write_bytes(cells_dir / f"{stem}.npz", payload)
+    cell = {
+        "format": CELL_FORMAT,
+        "key": key,
+        "npz": f"{stem}.npz",
+        "npz_sha256": hashlib.sha256(payload).hexdigest(),
+        "rows": rows,
+        "clean_ref": clean_ref,
+    }
+    cell = json.loads(json.dumps(cell, sort_keys=True, default=_plain))
+    cell["checksum"] = _payload_digest(cell)
+    cell["seconds"] = round(float(seconds), 4)
+    atomic_write_text(cells_dir / f"{stem}.json", json.dumps(cell, indent=2, sort_keys=True) + "\n")
+    return cell
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
 def read_cell(cells_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The cell's JSON if it exists, is readable and has this exact key, else None."""
+    """The cell stored for ``key``, or None when there is none or it cannot be trusted.
+
+    A cell is trusted only when its JSON parses, holds exactly ``key``, matches its own checksum
+    (no edited rows), and names an NPZ whose sha256 is the one recorded (no truncated or
+    swapped arrays). A cell that exists but fails a check is logged with the reason, so the
+    sweep's "recomputing" is never silent.
+    """
     path = cells_dir / f"{cell_stem(key)}.json"
     if not path.is_file():
         return None
+    reason = _untrusted(cells_dir, path, key)
+    if isinstance(reason, str):
+        log.warning("recomputing cell %s: %s", path.stem, reason)
+        return None
+    return reason
+
+
+def _untrusted(cells_dir: Path, path: Path, key: dict[str, Any]) -> dict[str, Any] | str:
+    """The cell at ``path`` if every check passes, else the reason it fails (a string)."""
     try:
         cell = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if cell.get("key") != key or not (cells_dir / cell.get("npz", "")).is_file():
-        return None
+        return "its JSON is unreadable"
+    if not isinstance(cell, dict) or cell.get("key") != key:
+        return "its JSON holds another key"
+    if cell.get("format") != CELL_FORMAT or cell.get("checksum") != _payload_digest(cell):
+        return "its JSON does not match its checksum (edited or damaged)"
+    rows, npz = cell.get("rows"), cell.get("npz")
+    if not isinstance(rows, list) or not rows or not isinstance(npz, str) or "/" in npz:
+        return "its JSON has no rows"
+    try:
+        actual = hashlib.sha256((cells_dir / npz).read_bytes()).hexdigest()
+    except OSError:
+        return f"its arrays {npz} are missing"
+    if actual != cell.get("npz_sha256"):
+        return f"its arrays {npz} do not match the sha256 in its JSON (truncated or replaced)"
     return cell
 
 

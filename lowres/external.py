@@ -451,6 +451,11 @@ def dry_run(module: nn.Module, adapter: InputAdapter, name: str, where: str = ""
         )
     if not out.is_floating_point():
         raise ConfigError(f"{name} returns {out.dtype} features; it must return floats")
+    if not bool(torch.isfinite(out).all()):
+        raise ConfigError(
+            f"{name} returns NaN/inf features on a zero batch {described}; check the model "
+            "and its adapter's normalisation"
+        )
     return int(out.shape[1])
 
 

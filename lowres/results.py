@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lowres.atomic import atomic_write_bytes, atomic_write_text
+from lowres.atomic import atomic_write_text
 from lowres.errors import ResultsError
 
 POOLED = -1
@@ -240,15 +240,6 @@ def sort_table(frame: pd.DataFrame) -> pd.DataFrame:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """JSON with sorted keys and a trailing newline, written atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json) + "\n")
-
-
-def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """``np.savez`` to a temporary file, then ``os.replace`` (uncompressed: fast to write)."""
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _json(obj: Any) -> Any:

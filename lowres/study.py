@@ -538,13 +538,10 @@ def _train_all(jobs: list[tuple[str, dict]], cache: Path, workers: int) -> dict[
     processes with one torch thread each (two 1-thread jobs beat one 2-thread job on CPU)."""
     if workers <= 1 or len(jobs) <= 1:
         return {key: Path(cached_train(cfg, cache)) for key, cfg in jobs}
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from lowres.processes import run_parallel
 
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-        futures = {key: pool.submit(cached_train, cfg, str(cache)) for key, cfg in jobs}
-        return {key: Path(f.result()) for key, f in futures.items()}
+    paths = run_parallel(cached_train, [(cfg, str(cache)) for _, cfg in jobs], workers)
+    return {key: Path(path) for (key, _), path in zip(jobs, paths, strict=True)}
 
 
 # --------------------------------------------------------------------------------------------

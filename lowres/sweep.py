@@ -83,25 +83,24 @@ import pandas as pd
 from lowres import shards
 from lowres.bootstrap import bootstrap_tar
 from lowres.cells import (
-    CELL_FORMAT,
     CELLS_DIR,
     cell_key,
     cell_metric_rows,
-    cell_stem,
     load_cell_arrays,
+    open_out_dir,
     pair_scores,
-    prepare_out_dir,
     read_cell,
     roc_points,
     score_histogram,
     settings_fingerprint,
     slug,
+    write_cell,
 )
 from lowres.errors import CheckpointError, ConfigError, ResultsError
+from lowres.processes import run_parallel
 from lowres.results import (
     PIXELS,
     POOLED,
-    atomic_save_npz,
     atomic_write_json,
     git_revision,
     make_row,
@@ -617,10 +616,14 @@ def trained_checkpoint(entry: ModelEntry, config: SweepConfig, fold: int, seed: 
 
 
 def _is_cached(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> bool:
-    cache = Path(config.model_cache) if config.model_cache else default_model_cache()
-    from lowres.train import CACHE_MARKER
+    """True when the model's cache entry is finished and intact (a damaged one is retrained)."""
+    from lowres.train import cached_model, model_key
 
-    return (cache / train_config(entry, config, fold, seed).hash() / CACHE_MARKER).is_file()
+    cache = Path(config.model_cache) if config.model_cache else default_model_cache()
+    try:
+        return cached_model(cache / model_key(train_config(entry, config, fold, seed))) is not None
+    except CheckpointError:
+        return False
 
 
 def _pretrain_one(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> str:
@@ -663,22 +666,15 @@ def pretrain_models(
                     continue
                 # With train_data every test fold shares one model: train it once, not in
                 # two processes racing for the same cache folder.
-                digest = train_config(e, config, f, s).hash()
+                digest = train_config(e, config, f, s).hash()  # same config, same data
                 if digest not in hashes:
                     hashes.add(digest)
                     todo.append((e, f, s))
     if workers <= 1 or len(todo) <= 1:
         return 0
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     log.info("training %d models, %d in parallel", len(todo), workers)
     _warm_rendered_data([train_config(e, config, f, s) for e, f, s in todo])
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-        futures = [pool.submit(_pretrain_one, e, config, f, s) for e, f, s in todo]
-        for fut in futures:
-            fut.result()
+    run_parallel(_pretrain_one, [(e, config, f, s) for e, f, s in todo], workers)
     return len(todo)
 
 
@@ -729,6 +725,7 @@ def prepare_models(
     """Train-or-load every model for (fold, seed), then add the raw-pixel reference."""
     from lowres.checkpoint import load_checkpoint
     from lowres.embed import InputAdapter
+    from lowres.train import model_key
 
     prepared: list[Prepared] = []
     for entry in entries:
@@ -741,7 +738,7 @@ def prepare_models(
             continue
         if entry.kind == "method":
             path = trained_checkpoint(entry, config, fold, seed)
-            model_hash = train_config(entry, config, fold, seed).hash()
+            model_hash = model_key(train_config(entry, config, fold, seed))
         else:
             path = Path(entry.source)
             model_hash = ""
@@ -904,139 +901,136 @@ def run_sweep(
         folds=folds,
     )
     out = Path(config.out)
-    prepare_out_dir(out, fingerprint, force=config.force)
-    cells_dir = out / CELLS_DIR
-    cells_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cells_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    provenance: dict[str, Any] = {
-        "settings": fingerprint,
-        "status": "running",
-        "config": config.to_json(),
-        "dataset": {"name": dataset_name, "image_size": [height, width]},
-        "degradation": {"chain": degrade_text, "hash": degrade_hash},
-        "versions": software_versions(),
-        "git_revision": git_revision(),
-        "seed": list(seeds),
-    }
-    atomic_write_json(out / "provenance.json", provenance)
+    with open_out_dir(out, fingerprint, force=config.force) as cells_dir:
+        provenance: dict[str, Any] = {
+            "settings": fingerprint,
+            "status": "running",
+            "config": config.to_json(),
+            "dataset": {"name": dataset_name, "image_size": [height, width]},
+            "degradation": {"chain": degrade_text, "hash": degrade_hash},
+            "versions": software_versions(),
+            "git_revision": git_revision(),
+            "seed": list(seeds),
+        }
+        atomic_write_json(out / "provenance.json", provenance)
 
-    t0 = time.perf_counter()
-    _pretrain_planned(entries, config, plan, training_workers(config))
-    timings["train"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _pretrain_planned(entries, config, plan, training_workers(config))
+        timings["train"] += time.perf_counter() - t0
 
-    cells: dict[tuple[str, int, int, float], dict[str, Any]] = {}
-    model_info: dict[str, ModelEntry] = {}
-    computed = reused = 0
-    n_images_embedded = 0
-    n_model_images = 0
-    for fold in folds:
-        for seed in seeds:
-            mine = plan[(fold, seed)]
-            if not mine:
-                continue
-            t0 = time.perf_counter()
-            owned = [e for e in entries if e.name in mine]
-            prepared = [
-                p for p in prepare_models(owned, config, fold, seed) if p.entry.name in mine
-            ]
-            timings["train"] += time.perf_counter() - t0
-            test = tests[fold]
-            for p in prepared:
-                model_info[p.entry.name] = p.entry
-            keys = {
-                (p.entry.name, scale): cell_key(
-                    fingerprint=fingerprint,
-                    model=p.entry.name,
-                    model_hash=p.model_hash,
-                    scale=scale,
-                    size_px=size,
-                    fold=fold,
-                    seed=seed,
-                    fars=fars,
+        cells: dict[tuple[str, int, int, float], dict[str, Any]] = {}
+        model_info: dict[str, ModelEntry] = {}
+        computed = reused = 0
+        n_images_embedded = 0
+        n_model_images = 0
+        for fold in folds:
+            for seed in seeds:
+                mine = plan[(fold, seed)]
+                if not mine:
+                    continue
+                t0 = time.perf_counter()
+                owned = [e for e in entries if e.name in mine]
+                prepared = [
+                    p for p in prepare_models(owned, config, fold, seed) if p.entry.name in mine
+                ]
+                timings["train"] += time.perf_counter() - t0
+                test = tests[fold]
+                for p in prepared:
+                    model_info[p.entry.name] = p.entry
+                keys = {
+                    (p.entry.name, scale): cell_key(
+                        fingerprint=fingerprint,
+                        data_digest=test.content_digest(),
+                        model=p.entry.name,
+                        model_hash=p.model_hash,
+                        scale=scale,
+                        size_px=size,
+                        fold=fold,
+                        seed=seed,
+                        fars=fars,
+                    )
+                    for p in prepared
+                    for scale, size in grid
+                }
+                missing: dict[float, list[Prepared]] = {}
+                for p in prepared:
+                    for scale, _ in grid:
+                        found = read_cell(cells_dir, keys[(p.entry.name, scale)])
+                        if found is None:
+                            missing.setdefault(scale, []).append(p)
+                        else:
+                            cells[(p.entry.name, fold, seed, scale)] = found
+                            reused += 1
+                if not missing:
+                    continue
+                c, n_img, n_mimg = _compute_cells(
+                    config,
+                    test,
+                    prepared,
+                    grid,
+                    keys,
+                    missing,
+                    cells,
+                    cells_dir,
+                    fold,
+                    seed,
+                    spec,
+                    fars,
+                    timings,
+                    on_cell,
+                    total=sum(len(v) for v in missing.values()),
                 )
-                for p in prepared
-                for scale, size in grid
-            }
-            missing: dict[float, list[Prepared]] = {}
-            for p in prepared:
-                for scale, _ in grid:
-                    found = read_cell(cells_dir, keys[(p.entry.name, scale)])
-                    if found is None:
-                        missing.setdefault(scale, []).append(p)
-                    else:
-                        cells[(p.entry.name, fold, seed, scale)] = found
-                        reused += 1
-            if not missing:
-                continue
-            c, n_img, n_mimg = _compute_cells(
-                config,
-                test,
-                prepared,
-                grid,
-                keys,
-                missing,
-                cells,
-                cells_dir,
-                fold,
-                seed,
-                spec,
-                fars,
-                timings,
-                on_cell,
-                total=sum(len(v) for v in missing.values()),
+                computed += c
+                n_images_embedded += n_img
+                n_model_images += n_mimg
+        log.info("computed %d cells, reused %d", computed, reused)
+        provenance.update(
+            cells={"computed": computed, "reused": reused},
+            inference={
+                "images_degraded_and_embedded": n_images_embedded,
+                "model_images": n_model_images,
+                "images_per_s": round(n_images_embedded / timings["embed"], 1)
+                if timings["embed"] > 0
+                else None,
+                "model_images_per_s": round(n_model_images / timings["embed"], 1)
+                if timings["embed"] > 0
+                else None,
+                "device": _device_name(config.device),
+            },
+            **_table_provenance(model_info, grid, fars, config),
+        )
+        context = {
+            "dataset": dataset_name,
+            "pairing": config.pairing,
+            "degrade": degrade_text,
+            "degrade_hash": degrade_hash,
+        }
+        if shard is not None:
+            timings["total"] = time.perf_counter() - t_start
+            shards.write_shard_manifest(
+                out,
+                provenance,
+                shard,
+                model_ids=[e.name for e in entries],
+                entries=[e.to_json() for _, e in sorted(model_info.items())],
+                cells=cells,
+                folds=folds,
+                seeds=seeds,
+                context=context,
+                timings=timings,
             )
-            computed += c
-            n_images_embedded += n_img
-            n_model_images += n_mimg
-    log.info("computed %d cells, reused %d", computed, reused)
-    provenance.update(
-        cells={"computed": computed, "reused": reused},
-        inference={
-            "images_degraded_and_embedded": n_images_embedded,
-            "model_images": n_model_images,
-            "images_per_s": round(n_images_embedded / timings["embed"], 1)
-            if timings["embed"] > 0
-            else None,
-            "model_images_per_s": round(n_model_images / timings["embed"], 1)
-            if timings["embed"] > 0
-            else None,
-            "device": _device_name(config.device),
-        },
-        **_table_provenance(model_info, grid, fars, config),
-    )
-    context = {
-        "dataset": dataset_name,
-        "pairing": config.pairing,
-        "degrade": degrade_text,
-        "degrade_hash": degrade_hash,
-    }
-    if shard is not None:
+            return SweepResult(
+                out=out, table=to_frame([]), computed=computed, reused=reused, timings=timings
+            )
+        table, figures = _assemble_outputs(
+            out, cells, model_info, grid, folds, seeds, fars, context, config, timings
+        )
         timings["total"] = time.perf_counter() - t_start
-        shards.write_shard_manifest(
-            out,
-            provenance,
-            shard,
-            model_ids=[e.name for e in entries],
-            entries=[e.to_json() for _, e in sorted(model_info.items())],
-            cells=cells,
-            folds=folds,
-            seeds=seeds,
-            context=context,
-            timings=timings,
-        )
+        provenance.update(status="complete", timings_s={k: round(v, 3) for k, v in timings.items()})
+        atomic_write_json(out / "provenance.json", provenance)
         return SweepResult(
-            out=out, table=to_frame([]), computed=computed, reused=reused, timings=timings
+            out=out, table=table, computed=computed, reused=reused, timings=timings, figures=figures
         )
-    table, figures = _assemble_outputs(
-        out, cells, model_info, grid, folds, seeds, fars, context, config, timings
-    )
-    timings["total"] = time.perf_counter() - t_start
-    provenance.update(status="complete", timings_s={k: round(v, 3) for k, v in timings.items()})
-    atomic_write_json(out / "provenance.json", provenance)
-    return SweepResult(
-        out=out, table=table, computed=computed, reused=reused, timings=timings, figures=figures
-    )
 
 
 def _table_provenance(model_info, grid, fars, config: SweepConfig) -> dict[str, Any]:
@@ -1144,6 +1138,8 @@ def _compute_cells(
     total,
 ) -> tuple[int, int, int]:
     """Embed and score every missing cell of one (fold, seed). Returns counts for provenance."""
+    import torch
+
     from lowres.embed import embed_many, pick_device
 
     device = pick_device(None if config.device == "auto" else config.device)
@@ -1152,6 +1148,7 @@ def _compute_cells(
     # Onto the device once for every scale (embed_many would copy it again for each call).
     images = test.images.to(device)
     size_of = dict(grid)
+    width = images.shape[-1]
     need = {p.entry.name: p for ps in missing.values() for p in ps}
 
     def run(models: dict[str, Prepared], scale: float):
@@ -1167,6 +1164,14 @@ def _compute_cells(
             seed=seed,
         )
         timings["embed"] += time.perf_counter() - t0
+        for name, e in emb.items():
+            bad = int((~torch.isfinite(e.features).all(dim=1)).sum())
+            if bad:
+                raise ConfigError(
+                    f"model {name} gives NaN/inf features for {bad} of {e.features.shape[0]} "
+                    f"test images at {size_of.get(scale, width)} px; check the model (an external "
+                    "model's adapter normalisation, or retrain a diverged one)"
+                )
         return emb
 
     # Clean embeddings: the gallery of every pairing-"probe" cell and the clean reference.
@@ -1209,10 +1214,8 @@ def _compute_cells(
                 pair_folds=pair_folds,
             )
             key = keys[(name, scale)]
-            stem = cell_stem(key)
             fixed = pair_folds is not None
-            atomic_save_npz(
-                cells_dir / f"{stem}.npz",
+            arrays = dict(
                 scores=scores,
                 labels=labels.astype(np.int32),
                 norms=norms.astype(np.float32),
@@ -1221,18 +1224,14 @@ def _compute_cells(
                 issame=issame if fixed else np.zeros(0, bool),
                 pair_folds=pair_folds if fixed else np.zeros(0, np.int64),
             )
-            cell = {
-                "format": CELL_FORMAT,
-                "key": key,
-                "npz": f"{stem}.npz",
-                "rows": rows,
-                "clean_ref": own_ref if scale == 1.0 else clean_ref,
-                "seconds": round(time.perf_counter() - t0, 4),
-            }
-            atomic_write_json(cells_dir / f"{stem}.json", cell)
-            # Read back what was written, so a fresh run and a resumed one assemble identical
-            # numbers.
-            cells[(name, fold, seed, scale)] = read_cell(cells_dir, key)
+            cells[(name, fold, seed, scale)] = write_cell(
+                cells_dir,
+                key,
+                arrays,
+                rows=rows,
+                clean_ref=own_ref if scale == 1.0 else clean_ref,
+                seconds=time.perf_counter() - t0,
+            )
             timings["score"] += time.perf_counter() - t0
             done += 1
             log.info(
@@ -1635,46 +1634,42 @@ def merge_shards(
         save_baseline=None if save_baseline is None else Path(save_baseline),
     )
     fingerprint = head["settings"]
-    prepare_out_dir(out, fingerprint, force=force)
-    cells_dir = out / CELLS_DIR
-    cells_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cells_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    provenance: dict[str, Any] = {
-        "settings": fingerprint,
-        "status": "merging",
-        "config": config.to_json(),
-        "dataset": head["dataset"],
-        "degradation": head["degradation"],
-        "versions": software_versions(),
-        "git_revision": git_revision(),
-        "seed": list(seeds),
-        "shards": shards.shard_records(collected),
-    }
-    atomic_write_json(out / "provenance.json", provenance)
-    t0 = time.perf_counter()
-    cells = shards.copy_cells(collected, cells_dir)
-    timings: dict[str, float] = {"copy": time.perf_counter() - t0}
+    with open_out_dir(out, fingerprint, force=force) as cells_dir:
+        provenance: dict[str, Any] = {
+            "settings": fingerprint,
+            "status": "merging",
+            "config": config.to_json(),
+            "dataset": head["dataset"],
+            "degradation": head["degradation"],
+            "versions": software_versions(),
+            "git_revision": git_revision(),
+            "seed": list(seeds),
+            "shards": shards.shard_records(collected),
+        }
+        atomic_write_json(out / "provenance.json", provenance)
+        t0 = time.perf_counter()
+        cells = shards.copy_cells(collected, cells_dir)
+        timings: dict[str, float] = {"copy": time.perf_counter() - t0}
 
-    model_info = {
-        item["name"]: ModelEntry.from_json(item)
-        for m in collected.manifests
-        for item in m["entries"]
-    }
-    table, figures = _assemble_outputs(
-        out, cells, model_info, grid, folds, seeds, fars, head["context"], config, timings
-    )
-    timings["total"] = time.perf_counter() - t_start
-    provenance.update(
-        status="complete",
-        timings_s={k: round(v, 3) for k, v in timings.items()},
-        cells={"merged": len(cells), "computed": 0, "reused": len(cells)},
-        **_table_provenance(model_info, grid, fars, config),
-    )
-    atomic_write_json(out / "provenance.json", provenance)
-    return SweepResult(
-        out=out, table=table, computed=0, reused=len(cells), timings=timings, figures=figures
-    )
+        model_info = {
+            item["name"]: ModelEntry.from_json(item)
+            for m in collected.manifests
+            for item in m["entries"]
+        }
+        table, figures = _assemble_outputs(
+            out, cells, model_info, grid, folds, seeds, fars, head["context"], config, timings
+        )
+        timings["total"] = time.perf_counter() - t_start
+        provenance.update(
+            status="complete",
+            timings_s={k: round(v, 3) for k, v in timings.items()},
+            cells={"merged": len(cells), "computed": 0, "reused": len(cells)},
+            **_table_provenance(model_info, grid, fars, config),
+        )
+        atomic_write_json(out / "provenance.json", provenance)
+        return SweepResult(
+            out=out, table=table, computed=0, reused=len(cells), timings=timings, figures=figures
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lowres import cells as C
-from lowres.errors import ResultsError
+from lowres.errors import ConfigError, ResultsError
 from lowres.metrics import rates_at_threshold, tar_at_far
 
 
@@ -87,9 +87,10 @@ def test_other_settings_refused_and_force_keeps_foreign_files(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "keep"
 
 
-def test_a_cell_exists_only_with_its_exact_key_and_its_npz(tmp_path):
-    key = C.cell_key(
+def _key(**changes):
+    values = dict(
         fingerprint=_fingerprint(),
+        data_digest="d" * 64,
         model="SF+R(0.01)",
         model_hash="abc",
         scale=0.25,
@@ -98,18 +99,77 @@ def test_a_cell_exists_only_with_its_exact_key_and_its_npz(tmp_path):
         seed=0,
         fars=[1e-2],
     )
+    return C.cell_key(**(values | changes))
+
+
+def _write(folder, key, value=0.5):
+    rows = [{"metric": "tar", "far": 0.01, "value": value}]
+    arrays = {"scores": np.full(3, value, np.float32), "labels": np.arange(3, dtype=np.int32)}
+    return C.write_cell(folder, key, arrays, rows=rows, clean_ref=None, seconds=0.1)
+
+
+def test_a_cell_exists_only_with_its_exact_key_and_its_npz(tmp_path):
+    key = _key()
     stem = C.cell_stem(key)
     assert stem.startswith("SF-R-0.01__0024px__f0_s0__")
-    other = {**key, "model_hash": "abd"}
-    assert C.cell_stem(other) != stem  # any setting changes the file name
+    for change in ({"model_hash": "abd"}, {"data_digest": "e" * 64}):
+        assert C.cell_stem(_key(**change)) != stem  # any setting, or new pixels, change the name
     assert C.read_cell(tmp_path, key) is None
-    (tmp_path / f"{stem}.json").write_text(json.dumps({"key": key, "npz": f"{stem}.npz"}))
+    written = _write(tmp_path, key)
+    assert C.read_cell(tmp_path, key) == written
+    (tmp_path / f"{stem}.npz").unlink()
     assert C.read_cell(tmp_path, key) is None  # JSON without its NPZ: not a cell
-    np.savez(tmp_path / f"{stem}.npz", scores=np.zeros(1))
-    assert C.read_cell(tmp_path, key)["key"] == key
-    assert C.read_cell(tmp_path, {**key, "fars": ["0.1"]}) is None
+    _write(tmp_path, key)
     (tmp_path / f"{stem}.json").write_text("{truncated")
     assert C.read_cell(tmp_path, key) is None
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("empty-rows", "does not match its checksum"),
+        ("edit-value", "does not match its checksum"),
+        ("swap-npz", "do not match the sha256"),
+        ("truncate-npz", "do not match the sha256"),
+        ("other-key", "holds another key"),
+    ],
+)
+def test_a_damaged_cell_is_not_trusted_and_says_why(tmp_path, caplog, damage, reason):
+    key, other = _key(), _key(size_px=12, scale=0.125)
+    _write(tmp_path, key, 0.5)
+    _write(tmp_path, other, 0.25)
+    stem, other_stem = C.cell_stem(key), C.cell_stem(other)
+    json_path, npz_path = tmp_path / f"{stem}.json", tmp_path / f"{stem}.npz"
+    cell = json.loads(json_path.read_text())
+    if damage == "empty-rows":
+        json_path.write_text(json.dumps({**cell, "rows": []}))
+    elif damage == "edit-value":
+        cell["rows"][0]["value"] = 0.9
+        json_path.write_text(json.dumps(cell))
+    elif damage == "swap-npz":
+        npz_path.write_bytes((tmp_path / f"{other_stem}.npz").read_bytes())
+    elif damage == "truncate-npz":
+        npz_path.write_bytes(npz_path.read_bytes()[:100])
+    else:
+        json_path.write_text((tmp_path / f"{other_stem}.json").read_text())
+    with caplog.at_level("WARNING", logger="lowres"):
+        assert C.read_cell(tmp_path, key) is None
+    assert f"recomputing cell {stem}" in caplog.text and reason in caplog.text
+    assert C.read_cell(tmp_path, other) is not None  # the other cell is untouched
+
+
+def test_open_out_dir_removes_a_folder_it_made_when_the_sweep_fails_before_a_cell(tmp_path):
+    out = tmp_path / "new"
+    with pytest.raises(ConfigError), C.open_out_dir(out, _fingerprint(), force=False):
+        (out / "provenance.json").write_text("{}")
+        raise ConfigError("refused after the folder was made")
+    assert not out.exists()
+    with C.open_out_dir(out, _fingerprint(), force=False) as cells:
+        (out / "provenance.json").write_text(json.dumps({"settings": _fingerprint()}))
+        _write(cells, _key())
+    with pytest.raises(ConfigError), C.open_out_dir(out, _fingerprint(), force=False):
+        raise ConfigError("a later failure keeps the folder and its cells")
+    assert any(cells.glob("*.json"))
 
 
 def test_cell_metric_rows_agree_with_metrics_and_transfer_the_clean_threshold():

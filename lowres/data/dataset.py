@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from lowres.data.protocols import PairList
@@ -55,6 +57,36 @@ class FaceDataset:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def content_digest(self) -> str:
+        """sha256 (hex) of what every number computed from this set depends on: the decoded
+        pixels with their shape, the labels and the fixed pair list (if any). Names and file
+        paths do not enter it: new pixels behind the same file names give a new digest, a moved
+        folder the same one. Computed once per object (the set is never modified in place).
+
+        >>> pixels, labels = torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 0])
+        >>> a, b = FaceDataset("a", pixels, labels, ["x"]), FaceDataset("b", pixels, labels, ["y"])
+        >>> a.content_digest() == b.content_digest()
+        True
+        """
+        cached = self.__dict__.get("_digest")
+        if cached is not None:
+            return cached
+        digest = hashlib.sha256(b"lowres-dataset/1\0")
+        parts = [("images", self.images), ("labels", self.labels)]
+        if self.pairs is not None and self.pairs.idx_a is not None:
+            parts += [
+                ("pair_a", self.pairs.idx_a),
+                ("pair_b", self.pairs.idx_b),
+                ("issame", self.pairs.issame),
+                ("pair_fold", self.pairs.fold),
+            ]
+        for name, tensor in parts:
+            arr = np.ascontiguousarray(tensor.detach().cpu().numpy())
+            digest.update(f"{name}:{arr.dtype.str}:{arr.shape}\0".encode())
+            digest.update(arr.data)
+        self.__dict__["_digest"] = digest.hexdigest()
+        return self.__dict__["_digest"]
 
     @property
     def num_identities(self) -> int:
