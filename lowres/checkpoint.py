@@ -286,6 +286,19 @@ def checkpoint_dir(path_or_dir: str | os.PathLike) -> Path:
     raise CheckpointError(f"checkpoint {path} does not exist; check the path or train one first")
 
 
+_SIDECAR_TYPES: dict[str, tuple[type, int, int]] = {
+    "method": (str, 0, 0),
+    "model": (str, 0, 0),
+    "model_kwargs": (dict, 0, 0),
+    "adapter": (dict, 0, 0),
+    "embed_dim": (int, 1, 1 << 16),
+    # The largest public training set (WebFace42M) has 2.1 M identities; a bound keeps an
+    # edited file from asking for a head of terabytes.
+    "num_classes": (int, 1, 10_000_000),
+}
+"""Type (and integer range) of each required sidecar field."""
+
+
 def read_sidecar(path_or_dir: str | os.PathLike) -> dict:
     """Read and sanity-check model.json of a checkpoint folder."""
     folder = checkpoint_dir(path_or_dir)
@@ -308,6 +321,17 @@ def read_sidecar(path_or_dir: str | os.PathLike) -> dict:
             + (f" (missing {', '.join(missing)})" if missing else "")
             + "; re-train the model with this version of lowres"
         )
+    for key, (kind, low, high) in _SIDECAR_TYPES.items():
+        value = sidecar[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and kind is int:
+            ok = low <= value <= high
+        if not ok:
+            want = f"an integer in {low}..{high:,}" if kind is int else f"a {kind.__name__}"
+            raise CheckpointError(
+                f"{side_path}: {key} must be {want}, got {value!r}; the file was edited, "
+                "restore or re-train it"
+            )
     return sidecar
 
 
@@ -352,8 +376,17 @@ def load_checkpoint(
     """
     folder = checkpoint_dir(path_or_dir)
     sidecar, weights_path = verify_weights(folder)
-    model, loss, spec = (build or build_from_sidecar)(sidecar)
     model_state, loss_state = split_weights(read_weights(weights_path))
+    stored = sum(t.numel() for t in loss_state.values())
+    if sidecar["num_classes"] * sidecar["embed_dim"] > max(stored, 1):
+        # Every head holds a class-by-feature weight: a sidecar asking for more than the file
+        # stores was edited, and building its head could take all memory before failing.
+        raise CheckpointError(
+            f"{folder / SIDECAR_FILE}: num_classes {sidecar['num_classes']:,} x embed_dim "
+            f"{sidecar['embed_dim']} exceeds the {stored:,} loss weights stored; restore or "
+            "re-train the checkpoint"
+        )
+    model, loss, spec = (build or build_from_sidecar)(sidecar)
     check_state_matches(model, model_state, "model")
     check_state_matches(loss, loss_state, "loss")
     model.load_state_dict(model_state, strict=True)
@@ -378,8 +411,11 @@ def build_from_sidecar(sidecar: Mapping[str, Any]) -> tuple[nn.Module, nn.Module
         spec = parse_method(sidecar["method"])
         model = models.create(sidecar["model"], **kwargs)
         loss = build_loss(spec, int(sidecar["embed_dim"]), int(sidecar["num_classes"]))
-    except ConfigError as exc:
-        raise CheckpointError(f"cannot rebuild the checkpoint's model: {exc}") from None
+    except (ConfigError, TypeError, ValueError) as exc:
+        # TypeError/ValueError: model_kwargs the model's factory does not take (an edited file)
+        raise CheckpointError(
+            f"cannot rebuild the checkpoint's model: {_first_line(exc)}; restore or re-train it"
+        ) from None
     return model, loss, spec
 
 

@@ -400,16 +400,20 @@ def _dprime_from_moments(mu_g: float, var_g: float, mu_i: float, var_i: float) -
     spread = math.sqrt((var_g + var_i) / 2.0)
     gap = abs(mu_g - mu_i)
     if spread == 0.0:
-        if gap == 0.0:
-            raise ConfigError("d' is undefined: genuine and impostor scores are one constant")
-        return math.inf
+        # One constant for both (a model giving every image the same feature): the two
+        # distributions coincide, so there is no separation, d' = 0 rather than 0/0.
+        return 0.0 if gap == 0.0 else math.inf
     return gap / spread
 
 
 def dprime(scores: ArrayLike, labels: ArrayLike) -> float:
     """Decidability ``d' = |mu_g - mu_i| / sqrt((var_g + var_i) / 2)``.
 
-    Variances are population variances (ddof=0). ``inf`` when both sets are constant and differ.
+    Variances are population variances (ddof=0). ``inf`` when both sets are constant and differ;
+    0 when both are one and the same constant (no separation).
+
+    >>> dprime([0.5, 0.5, 0.5], [1, 0, 0])
+    0.0
     """
     s, y = _check_scores_labels(scores, labels)
     g, i = s[y], s[~y]

@@ -349,12 +349,13 @@ def _list_items(text: str, what: str, example: str) -> list[str]:
 
 
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:
-    """``"0,1,2"`` -> ints >= 0. ConfigError on empty, negative or non-integers."""
+    """``"0,1,2"`` -> ints in [0, 2^63) (seeds are 63-bit). ConfigError on empty, negative,
+    too large or non-integers."""
     items = _list_items(text, what, "0,1")
     out = []
     for item in items:
-        if not re.fullmatch(r"\d+", item):
-            raise ConfigError(f"{what}: {item!r} is not an integer >= 0")
+        if not re.fullmatch(r"\d+", item) or int(item) >= 1 << 63:
+            raise ConfigError(f"{what}: {item!r} is not an integer in [0, 2^63)")
         out.append(int(item))
     if len(set(out)) != len(out):
         raise ConfigError(f"{what} lists a value twice: {text}")
@@ -800,6 +801,18 @@ def _protocol(test) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | No
     return idx_a, idx_b, labels[idx_a] == labels[idx_b], None
 
 
+def _check_pairs(test, fold: int) -> None:
+    """A test split needs genuine and impostor pairs: found before any model trains."""
+    issame = _protocol(test)[2]
+    n_gen = int(np.count_nonzero(issame))
+    if n_gen == 0 or n_gen == issame.size:
+        raise ConfigError(
+            f"fold {fold} of {test.name} has {n_gen} genuine and {issame.size - n_gen} impostor "
+            "pairs; verification needs both (at least two images of some identity, and two "
+            "identities)"
+        )
+
+
 def probe_grid(config: SweepConfig, width: int) -> list[tuple[float, int]]:
     """[(scale, size_px)] of the sweep on ``width``-pixel images: descending, clean first.
 
@@ -886,6 +899,8 @@ def run_sweep(
     # Load every test split, and find every training set, before touching the output folder:
     # bad data fails early.
     tests = {f: sweep_test_split(config, f) for f in folds}
+    for fold, test in tests.items():
+        _check_pairs(test, fold)
     _check_training_data(config)
     first_test = tests[folds[0]]
     height, width = first_test.image_size

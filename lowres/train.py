@@ -208,6 +208,10 @@ class TrainConfig:
             _check_int("epochs", self.epochs, 1)
         _check_int("batch_size", self.batch_size, 2)
         _check_int("fold", self.fold, 0)
+        for name in ("seed", "split_seed"):
+            _check_int(name, getattr(self, name), 0)
+            if getattr(self, name) >= 1 << 63:
+                raise ConfigError(f"{name} must be below 2^63, got {getattr(self, name)}")
         if self.train_split not in TRAIN_SPLITS:
             raise ConfigError(
                 f"train_split must be one of {', '.join(TRAIN_SPLITS)}, got {self.train_split!r}"

@@ -130,7 +130,17 @@ for key in ("out", "model_cache"):
     kw[key] = Path(kw[key])
 for key in ("models", "scales", "fars", "folds", "seeds"):
     kw[key] = tuple(kw[key])
-run_sweep(SweepConfig(**kw), on_cell=lambda key: time.sleep(0.4))
+ready = Path(sys.argv[2])
+
+
+def hold(key):
+    # After the first cell: say so, then wait to be killed (no race with a wall clock).
+    if not ready.exists():
+        ready.write_text("1")
+        time.sleep(600)
+
+
+run_sweep(SweepConfig(**kw), on_cell=hold)
 """
 
 
@@ -141,23 +151,24 @@ def test_interrupted_sweep_resumes_to_the_same_table(reference, tmp_path, sig):
     cfg = _config(out, cache)
     kw = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+    ready = tmp_path / "first-cell-written"
     proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER.format(preset=PRESET_SNIPPET), json.dumps(kw)],
+        [sys.executable, "-c", DRIVER.format(preset=PRESET_SNIPPET), json.dumps(kw), str(ready)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     cells = out / S.CELLS_DIR
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if cells.is_dir() and any(p.name.endswith(".json") for p in cells.iterdir()):
-            break
-        time.sleep(0.02)
+    # No short wall-clock limit: a loaded machine may take minutes to start the sweep; the
+    # driver holds after its first cell until it is signalled.
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None and not ready.exists():
+        time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     proc.send_signal(sig)
-    proc.wait(timeout=30)
+    proc.wait(timeout=60)
     done = [p for p in cells.iterdir() if p.suffix == ".json"]
-    assert 1 <= len(done) < 3 * len(SCALES)
+    assert len(done) == 1
     assert not (out / "results.csv").exists()
 
     resumed = S.run_sweep(cfg)

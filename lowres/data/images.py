@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def decode_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     """Decode one image file to uint8 (C, H, W).
 
     Args:
-        path: a jpg/png/pgm/ppm/bmp file.
+        path: a jpg/png/pgm/ppm/bmp file. 16-bit grey is scaled to 8 bits (``v / 257``,
+            rounded); 16-bit colour is read by Pillow as its high byte.
         channels: 1 converts to grey, 3 to RGB; None keeps grey as 1 and everything else as 3.
 
     Returns:
@@ -56,18 +58,20 @@ def decode_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if channels == 1 or (channels is None and mode in ("1", "L", "LA", "I", "I;16")):
-                if mode in ("I", "I;16"):
-                    raise DataError(
-                        f"image {path} is 16-bit grey; convert it to 8-bit (e.g. with Pillow) first"
-                    )
-                im = im.convert("L")
-            else:
-                im = im.convert("RGB")
-            arr = np.asarray(im, dtype=np.uint8)
+        with warnings.catch_warnings():
+            # Pillow warns (and errors above twice the limit) for images of over 89 M pixels;
+            # the error becomes the one-line DataError below, the warning is not repeated.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in _WIDE_GREY:
+                    arr = _grey_to_8bit(np.asarray(im), path)
+                    if channels == 3:
+                        arr = np.repeat(arr[..., None], 3, axis=2)
+                elif channels == 1 or (channels is None and im.mode in ("1", "L", "LA")):
+                    arr = np.asarray(im.convert("L"), dtype=np.uint8)
+                else:
+                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(
             f"image {path} not found; the dataset folder changed while reading"
@@ -85,6 +89,25 @@ def decode_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     else:
         arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
     return torch.from_numpy(arr.copy())
+
+
+_WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+"""Pillow's modes of 16-bit (and 32-bit integer) grey images."""
+
+
+def _grey_to_8bit(arr: np.ndarray, path: Path) -> np.ndarray:
+    """16-bit grey (0..65535) to uint8 by rounding ``v / 257``, the inverse of the usual
+    8 -> 16-bit expansion ``v * 257``; Pillow's own ``convert("L")`` would clip at 255.
+
+    >>> _grey_to_8bit(np.array([0, 257, 32896, 65535]), Path("x.png")).tolist()
+    [0, 1, 128, 255]
+    """
+    wide = arr.astype(np.int64)
+    if wide.size and (wide.min() < 0 or wide.max() > 65535):
+        raise DataError(
+            f"image {path} is integer grey with values outside 0..65535; convert it to 8-bit first"
+        )
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def scan_identity_folders(
@@ -108,6 +131,14 @@ def scan_identity_folders(
             for f in ident.iterdir()
             if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in exts
         )
+        for path in (ident, *files):
+            try:
+                path.name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(
+                    f"{os.fsdecode(path)!r} under {root} has a name that is not valid UTF-8; "
+                    "rename it (identity names enter every results table)"
+                ) from None
         if files:
             out.append((ident.name, files))
     if not out:
@@ -145,6 +176,7 @@ def cached_images(
     tag: str,
     base: Path | None = None,
     cache_dir: str | Path | None = None,
+    count: int | None = None,
 ) -> torch.Tensor:
     """Return ``decode_all()``, decoding once and reusing a cached copy afterwards.
 
@@ -154,6 +186,8 @@ def cached_images(
         tag: dataset tag; also includes decode options so different options do not collide.
         base: paths are keyed relative to it so moving a dataset folder keeps the cache.
         cache_dir: cache folder; None -> :func:`cache_dir_default`. ``False`` disables caching.
+        count: the number of images ``decode_all`` makes, when known: a cached tensor of
+            another length (a damaged or foreign entry) is rebuilt, not used.
 
     Returns:
         uint8 (N, C, H, W) tensor, identical on a cache hit and a miss.
@@ -168,10 +202,16 @@ def cached_images(
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             images = blob["images"]
-            if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            if (
+                isinstance(images, torch.Tensor)
+                and images.dtype == torch.uint8
+                and images.dim() == 4
+                and (count is None or images.shape[0] == count)
+            ):
                 return images
+            log.info("rebuilding decode cache %s: it does not hold this dataset's images", path)
         except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
-            log.warning("ignoring unreadable cache file %s (%s)", path, exc)
+            log.info("rebuilding unreadable decode cache %s (%s)", path, _first_line(exc))
     images = decode_all()
     try:
         buf = io.BytesIO()
@@ -181,6 +221,11 @@ def cached_images(
         # a read-only or full cache folder must not stop the run; decoding already succeeded
         log.warning("could not write decode cache %s (%s)", path, exc.strerror)
     return images
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _stack(images: list[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
@@ -244,7 +289,12 @@ def load_identity_folders(
 
     name = name or root.name
     images = cached_images(
-        files, decode_all, tag=f"{name}-c{channels or 0}", base=root, cache_dir=cache_dir
+        files,
+        decode_all,
+        tag=f"{name}-c{channels or 0}",
+        base=root,
+        cache_dir=cache_dir,
+        count=len(files),
     )
     info = {"root": str(root), "files": [str(f.relative_to(root)) for f in files]}
     info.update(meta or {})

@@ -745,10 +745,16 @@ def _image_keys(reader: RecordReader) -> list[int]:
     return list(reader.keys)
 
 
+MAX_LABEL = 1 << 31
+"""Identity labels of a pack lie below this (WebFace42M, the largest public set, has 2.1 M)."""
+
+
 def _record_label(head: IRHeader, where: str) -> int:
     value = head.label if head.flag == 0 else head.label[0]
-    if not math.isfinite(value) or value != int(value) or value < 0:
-        raise DataError(f"{where} has label {value!r}; identity labels must be integers >= 0")
+    if not math.isfinite(value) or value != int(value) or not 0 <= value < MAX_LABEL:
+        raise DataError(
+            f"{where} has label {value!r}; identity labels must be integers in 0..{MAX_LABEL - 1}"
+        )
     return int(value)
 
 

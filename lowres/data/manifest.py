@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +183,21 @@ def _get(table: dict, key: str, typ: type | tuple, where: str, default=None):
     return value
 
 
+def _check_pattern(pattern: str, where: str) -> None:
+    """An ``image_pattern`` uses only the plain fields ``{name}`` and ``{num}`` (a format spec
+    is fine, attributes, indexes and conversions are not) and formats a name and a number."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+        if any(f not in ("name", "num") for f in fields):
+            raise ValueError(f"fields {fields}")
+        pattern.format(name="x", num=1)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise DataError(
+            f"{where}: image_pattern {pattern!r} must use only {{name}} and {{num}}, e.g. "
+            f"'{{name}}/{{name}}_{{num:04d}}.jpg' ({exc})"
+        ) from None
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate one manifest file.
 
@@ -288,12 +304,7 @@ def load_manifest(path: str | Path) -> Manifest:
             raise DataError(
                 f"{where}: protocol default {default!r} is not one of {', '.join(files)}"
             )
-        try:
-            pattern.format(name="x", num=1)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise DataError(
-                f"{where}: image_pattern {pattern!r} must use only {{name}} and {{num}} ({exc})"
-            ) from None
+        _check_pattern(pattern, where)
     elif files:
         raise DataError(f"{where}: [protocol.files] is only used by kind 'pairs'")
 

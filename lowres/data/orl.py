@@ -205,7 +205,9 @@ def load_orl(*, cache_dir: str | Path | None = None) -> FaceDataset:
         arr = np.stack([read_orl_pgm(f) for f in files])[:, None]
         return torch.from_numpy(arr)
 
-    images = cached_images(files, decode_all, tag="orl-crlf-v1", base=root, cache_dir=cache_dir)
+    images = cached_images(
+        files, decode_all, tag="orl-crlf-v1", base=root, cache_dir=cache_dir, count=len(files)
+    )
     labels = torch.arange(ORL_SUBJECTS).repeat_interleave(ORL_PER_SUBJECT)
     return FaceDataset(
         name="orl",

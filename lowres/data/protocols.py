@@ -217,13 +217,20 @@ def verify_sha256(path: str | Path, expected: str) -> None:
         )
 
 
+MAX_NUMBER = 10**9
+"""Largest image number (and pair count) a pair list may hold, plus one: LFW's are 4 digits."""
+
+
 def _int(token: str, path: Path, lineno: int) -> int:
     try:
         value = int(token)
     except ValueError:
         raise DataError(f"{path}:{lineno}: expected an integer, got {token!r}") from None
-    if value < 0:
-        raise DataError(f"{path}:{lineno}: expected a non-negative integer, got {value}")
+    if not 0 <= value < MAX_NUMBER:
+        raise DataError(
+            f"{path}:{lineno}: expected an integer in 0..{MAX_NUMBER - 1:,}, got {token}; fix "
+            "the pair list"
+        )
     return value
 
 

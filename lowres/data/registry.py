@@ -278,7 +278,12 @@ def _load_pairs(m: Manifest, cache_dir) -> FaceDataset:
         return torch.stack(imgs)
 
     images = cached_images(
-        files, decode_all, tag=f"{m.name}-pairs-c{m.channels or 0}", base=root, cache_dir=cache_dir
+        files,
+        decode_all,
+        tag=f"{m.name}-pairs-c{m.channels or 0}",
+        base=root,
+        cache_dir=cache_dir,
+        count=len(files),
     )
     meta = m.meta() | {"root": str(root)}
     ds = FaceDataset(
