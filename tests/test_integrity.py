@@ -179,11 +179,15 @@ def test_concurrent_sweeps_sharing_a_model_cache_train_each_model_once(tmp_path)
     manifest = make_faces(tmp_path, seed=1)
     cache = tmp_path / "models"
     runs = []
-    for name in ("a", "b"):
-        runs.append(start(sweep_args(manifest, tmp_path / name, cache, "--epochs", "200"), tmp_path))
+    for name in ("a", "b", "a"):  # two folders sharing one cache, and a second sweep on "a"
+        runs.append(
+            start(sweep_args(manifest, tmp_path / name, cache, "--epochs", "200"), tmp_path)
+        )
         time.sleep(1.0)
-    same_out = start(sweep_args(manifest, tmp_path / "a", cache, "--epochs", "200"), tmp_path)
-    results = [(p.wait(timeout=600), p.communicate()[1]) for p in (*runs, same_out)]
+    results = []
+    for proc in runs:
+        err = proc.communicate(timeout=600)[1]
+        results.append((proc.returncode, err))
     for code, err in results:
         assert code == 0, err[-2000:]
     trained = sum(err.count("training SM (fold 0") for _, err in results)
