@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
@@ -76,6 +77,7 @@ _OWN_OUTPUTS = (
 )
 
 
+_SET_ASIDE = ".lowres-replaced"
 LOCK_FILE = ".lowres.lock"
 """Lock file inside a sweep folder: one process at a time writes a folder (see
 :func:`open_out_dir`); the kernel drops the lock when its holder dies."""
@@ -112,7 +114,7 @@ def prepare_out_dir(
                 f"{out} holds a sweep made with other settings ({diff}); use another --out or "
                 "--force to replace it"
             )
-    elif any(p.name != LOCK_FILE for p in out.iterdir()):
+    elif any(p.name not in (LOCK_FILE, _SET_ASIDE) for p in out.iterdir()):
         if not force:
             raise ResultsError(
                 f"{out} is not empty and holds no lowres sweep; use another --out or --force"
@@ -145,17 +147,66 @@ def open_out_dir(out: Path, fingerprint: dict[str, Any], *, force: bool) -> Iter
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     cells_dir = out / CELLS_DIR
-    try:
-        with file_lock(out / LOCK_FILE, f"the sweep folder {out}"):
-            prepare_out_dir(out, fingerprint, force=force)
-            cells_dir.mkdir(exist_ok=True)
-            for stale in cells_dir.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
+    with file_lock(out / LOCK_FILE, f"the sweep folder {out}"):
+        prepare_out_dir(out, fingerprint, force=force, clean=False)
+        set_aside = _set_aside(out, fingerprint) if force else None
+        provenance = out / "provenance.json"
+        old_provenance = provenance.read_bytes() if provenance.is_file() else None
+        cells_dir.mkdir(exist_ok=True)
+        for stale in cells_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        before = {p.name for p in cells_dir.glob("*.json")}
+        try:
             yield cells_dir
-    except BaseException:
-        if created and not any(cells_dir.glob("*.json")):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        except BaseException:
+            if {p.name for p in cells_dir.glob("*.json")} == before:
+                # Failed before its first new cell: put the folder back as it was.
+                if created:
+                    shutil.rmtree(out, ignore_errors=True)
+                else:
+                    _restore(out, set_aside, old_provenance)
+            elif set_aside is not None:
+                shutil.rmtree(set_aside, ignore_errors=True)
+            raise
+        if set_aside is not None:
+            shutil.rmtree(set_aside, ignore_errors=True)
+
+
+def _set_aside(out: Path, fingerprint: dict[str, Any]) -> Path | None:
+    """``--force``: move lowres's own outputs of another sweep into a hidden folder (renames, no
+    copies), to be deleted once the new sweep wrote its first cell, or put back if it fails
+    before that. None when there is nothing to replace."""
+    prov = out / "provenance.json"
+    try:
+        same = json.loads(prov.read_text(encoding="utf-8")).get("settings") == fingerprint
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        same = False
+    names = [n for n in _OWN_OUTPUTS if (out / n).exists()]
+    if same or not names:
+        return None
+    aside = out / _SET_ASIDE
+    if aside.exists():  # left by a sweep killed mid-replacement: its files are the old sweep's
+        shutil.rmtree(aside)
+    aside.mkdir()
+    for name in names:
+        os.replace(out / name, aside / name)
+    return aside
+
+
+def _restore(out: Path, set_aside: Path | None, old_provenance: bytes | None) -> None:
+    """Undo a failed sweep that wrote no cell: its provenance, and any set-aside outputs."""
+    if set_aside is not None:
+        for name in _OWN_OUTPUTS:
+            target = out / name
+            if (set_aside / name).exists():
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+                os.replace(set_aside / name, target)
+        shutil.rmtree(set_aside, ignore_errors=True)
+    elif old_provenance is not None:
+        atomic_write_bytes(out / "provenance.json", old_provenance)
 
 
 def describe_difference(old: Any, new: dict[str, Any]) -> str:

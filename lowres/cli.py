@@ -99,6 +99,12 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--num-threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
+    "--val-identities",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Training identities held out for a per-epoch verification figure (val_tar in log.csv).",
+)
+@click.option(
     "--max-steps",
     type=click.IntRange(min=1),
     default=None,
@@ -121,6 +127,7 @@ def train_cmd(
     device,
     num_threads,
     no_progress,
+    val_identities,
     max_steps,
 ) -> None:
     """Train one method (paper notation) and write a checkpoint folder.
@@ -140,6 +147,7 @@ def train_cmd(
         "preset": preset,
         "device": device,
         "num_threads": num_threads,
+        "val_identities": val_identities,
     }
     config = TrainConfig(
         method=method,
@@ -163,7 +171,8 @@ def train_cmd(
         f"trained {side['method']} on {side['data']['name']} fold {side['data']['fold']}: "
         f"train acc {num('train_acc')}, wall {metrics.get('wall_seconds', 0.0):.1f} s, "
         f"norm CV train {num('train_norm_cv')} / held-out {num('test_norm_cv')}, "
-        f"checkpoint {path}"
+        + (f"val TAR@1e-2 {num('val_tar')}, " if "val_tar" in metrics else "")
+        + f"checkpoint {path}"
     )
 
 

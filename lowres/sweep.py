@@ -621,8 +621,9 @@ def _is_cached(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> 
     from lowres.train import cached_model, model_key
 
     cache = Path(config.model_cache) if config.model_cache else default_model_cache()
+    tc = train_config(entry, config, fold, seed)
     try:
-        return cached_model(cache / model_key(train_config(entry, config, fold, seed))) is not None
+        return cached_model(cache / model_key(tc), tc.hash()) is not None
     except CheckpointError:
         return False
 

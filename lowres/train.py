@@ -90,7 +90,7 @@ STATE_VERSION = 1
 # Fields that say how a run executes, not what it trains: they are left out of the config hash
 # so a model trained on a GPU or with more threads is found in the sweep's cache.
 _EXECUTION_FIELDS = ("device", "num_threads", "amp")
-_LATE_FIELDS = {"train_split": "fold"}
+_LATE_FIELDS = {"train_split": "fold", "val_identities": 0}
 TRAIN_SPLITS = ("fold", "all")
 TRAIN_FORMAT = 2
 """Version of the training recipe in :meth:`TrainConfig.hash` (2: per-image augmentation seeds)."""
@@ -162,6 +162,11 @@ class TrainConfig:
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         num_threads: torch CPU threads; None leaves torch's setting alone.
         amp: fp16 autocast + GradScaler, used only on CUDA.
+        val_identities: identities held out of the training split (chosen by ``split_seed``,
+            never trained on, disjoint from the test identities) whose clean all-vs-all pairs
+            give a verification figure after every epoch: ``val_tar`` (TAR at FAR
+            :data:`VAL_FAR`) and ``val_auc`` in ``log.csv``, so convergence is seen on faces
+            the model has not classified. 0: no validation (the default).
     """
 
     method: str
@@ -190,6 +195,7 @@ class TrainConfig:
     device: str = "auto"
     num_threads: int | None = None
     amp: bool = True
+    val_identities: int = 0
 
     def __post_init__(self) -> None:
         if self.lr is None:
@@ -235,6 +241,7 @@ class TrainConfig:
             raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
         if self.num_threads is not None:
             _check_int("num_threads", self.num_threads, 1)
+        _check_int("val_identities", self.val_identities, 0)
 
     def to_dict(self) -> dict:
         """JSON-able dict (tuples become lists)."""
@@ -520,6 +527,8 @@ class _Progress:
             f"acc {row['train_acc']:.3f} |f| {row['norm_mean']:.2f}+-{row['norm_std']:.2f} "
             f"lr {row['lr']:.3g} {row['seconds']:.1f}s"
         )
+        if "val_tar" in row:
+            text += f" val TAR@{VAL_FAR:g} {row['val_tar']:.3f}"
         sys.stderr.write(("\r" + text + " " * 10 + "\n") if self.tty else text + "\n")
         sys.stderr.flush()
 
@@ -806,6 +815,45 @@ def _load_split(config: TrainConfig) -> tuple[Any, Any]:
     return get_split(config.data, fold=config.fold, seed=config.split_seed, preset=config.preset)
 
 
+VAL_FAR = 1e-2
+"""The FAR of the per-epoch held-out figure ``val_tar``."""
+
+
+def hold_out_identities(train: Any, count: int, seed: int) -> tuple[Any, Any]:
+    """(train without ``count`` identities, those identities): a seeded choice, so every method
+    and training seed of one split validates on the same faces.
+
+    Raises:
+        ConfigError: fewer than two identities would be held out or left to train on.
+    """
+    if count == 0:
+        return train, None
+    k = train.num_identities
+    if not 2 <= count <= k - 2:
+        raise ConfigError(
+            f"val_identities {count} must be in 2..{k - 2} for a training split of {k} identities"
+        )
+    order = torch.randperm(k, generator=torch.Generator().manual_seed(mix_seed(seed, 7919)))
+    return train.select_identities(order[count:]), train.select_identities(order[:count])
+
+
+@torch.no_grad()
+def validation_metrics(model: nn.Module, val_set: Any, adapter: Any, device: torch.device) -> dict:
+    """``val_tar`` (exact TAR at :data:`VAL_FAR`) and ``val_auc`` of clean all-vs-all pairs."""
+    from lowres import metrics as M
+
+    feats = clean_features(model, val_set.images, adapter, device).double().cpu()
+    feats = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    idx_a, idx_b = torch.triu_indices(feats.shape[0], feats.shape[0], offset=1)
+    scores = (feats[idx_a] * feats[idx_b]).sum(1).clamp(-1, 1).numpy()
+    labels = val_set.labels
+    issame = (labels[idx_a] == labels[idx_b]).numpy()
+    return {
+        "val_tar": float(M.tar_at_far(scores, issame, VAL_FAR).tar),
+        "val_auc": float(M.auc(scores, issame)),
+    }
+
+
 def _degrade_spec(config: TrainConfig) -> Any:
     from lowres import degrade
 
@@ -972,8 +1020,15 @@ def train(
     threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
+    fresh = not out.exists()
     try:
         return _train(config, out, state, world, device, progress=progress, max_steps=max_steps)
+    except OSError:
+        # A full disk (or a folder removed meanwhile) mid-run: a folder this run made holds
+        # nothing worth resuming from, so it goes; an earlier run's checkpoints stay.
+        if fresh and world.main:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         # The caller's thread count comes back: a sweep embeds with it after training.
         torch.set_num_threads(threads)
@@ -1000,6 +1055,7 @@ def _train(
     use_amp = cuda and config.amp
 
     train_set, test_set = _load_split(config)
+    train_set, val_set = hold_out_identities(train_set, config.val_identities, config.split_seed)
     num_classes = int(train_set.num_identities)
     n = train_set.images.shape[0]
     bs = min(config.batch_size, n)
@@ -1093,6 +1149,7 @@ def _train(
             "train_images": int(n),
             "train_identities": num_classes,
             "test_identities": int(test_set.num_identities),
+            "val_identities": 0 if val_set is None else int(val_set.num_identities),
             "image_size": [int(v) for v in train_set.images.shape[-2:]],
         },
         "seed": config.seed,
@@ -1220,6 +1277,8 @@ def _train(
         lr_now = optimizer.param_groups[0]["lr"]
         epoch += 1
         row = epoch_stats.row(epoch, iteration, lr_now, loss_fn.stats())
+        if val_set is not None and world.main:
+            row.update(validation_metrics(model, val_set, adapter, device))
         rows.append(row)
         bar.epoch_done(row)
         epoch_stats = _EpochStats()
@@ -1249,6 +1308,7 @@ def _metrics(
     metrics.update({k: float(v) for k, v in loss_fn.stats().items()})
     if rows:
         last = rows[-1]
+        metrics.update({k: last[k] for k in ("val_tar", "val_auc") if k in last})
         metrics.update(
             train_acc=last["train_acc"],
             loss=last["loss"],
@@ -1300,12 +1360,16 @@ def model_key(config: TrainConfig) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def cached_model(folder: Path) -> Path | None:
+def cached_model(folder: Path, config_hash: str) -> Path | None:
     """The checkpoint of a finished cache entry, or None when ``folder`` holds none.
 
+    Args:
+        folder: ``<cache>/<model key>``.
+        config_hash: :meth:`TrainConfig.hash` of the model the entry must hold.
+
     Raises:
-        CheckpointError: the entry exists but is damaged (unreadable marker, missing or
-            altered weights); the message says what is wrong.
+        CheckpointError: the entry exists but is damaged or foreign (unreadable marker, missing
+            or altered weights, another model's checkpoint); the message says what is wrong.
     """
     marker = folder / CACHE_MARKER
     if not marker.is_file():
@@ -1317,7 +1381,9 @@ def cached_model(folder: Path) -> Path | None:
             raise TypeError(rel)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         raise CheckpointError(f"its marker {marker.name} is unreadable") from None
-    verify_weights(folder / rel)
+    sidecar, _ = verify_weights(folder / rel)
+    if info.get("hash") != folder.name or sidecar.get("config_hash") != config_hash:
+        raise CheckpointError("it holds another model's checkpoint")
     return folder / rel
 
 
@@ -1342,7 +1408,7 @@ def train_cached(config: TrainConfig, cache: str | os.PathLike, *, progress: boo
     final = cache / key
     with file_lock(cache / f"{key}.lock", f"model cache entry {final} ({config.method})"):
         try:
-            found = cached_model(final)
+            found = cached_model(final, config.hash())
         except CheckpointError as exc:
             log.warning("model cache entry %s is damaged (%s); retraining it", final, exc)
             shutil.rmtree(final)

@@ -196,3 +196,23 @@ def test_cell_metric_rows_agree_with_metrics_and_transfer_the_clean_threshold():
         assert by[("transfer_frr", far)]["value"] == t_frr
     assert by[("norm_ratio", None)]["value"] == pytest.approx(0.5)
     assert by[("tar", 1e-2)]["n_genuine"] == int(issame.sum())
+
+
+def test_force_sets_the_old_sweep_aside_and_puts_it_back_if_the_new_one_fails_first(tmp_path):
+    out = tmp_path / "run"
+    with C.open_out_dir(out, _fingerprint(), force=False) as cells:
+        (out / "provenance.json").write_text(json.dumps({"settings": _fingerprint()}))
+        (out / "results.csv").write_text("old table")
+        _write(cells, _key())
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = _fingerprint(pairing="both")
+    with pytest.raises(ConfigError), C.open_out_dir(out, other, force=True):
+        (out / "provenance.json").write_text(json.dumps({"settings": other}))
+        raise ConfigError("refused before the first cell")
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the old sweep is back, byte for byte
+    with C.open_out_dir(out, other, force=True) as cells:
+        (out / "provenance.json").write_text(json.dumps({"settings": other}))
+        _write(cells, _key(data_digest="e" * 64))
+    assert not (out / "results.csv").exists() and not (out / ".lowres-replaced").exists()
+    assert len(list(cells.glob("*.json"))) == 1  # only the new sweep's cell

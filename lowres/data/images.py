@@ -37,7 +37,8 @@ __all__ = [
 log = logging.getLogger("lowres")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp")
-CACHE_FORMAT = 1  # bump when the cached tensor layout changes, so old files are not reused
+CACHE_FORMAT = 2  # bump when the cached file layout changes, so old files are not reused
+# 2: the file records the sha256 of its pixels, checked on every load
 
 
 def decode_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
@@ -207,6 +208,7 @@ def cached_images(
                 and images.dtype == torch.uint8
                 and images.dim() == 4
                 and (count is None or images.shape[0] == count)
+                and blob.get("sha256") == _pixels_sha256(images)
             ):
                 return images
             log.info("rebuilding decode cache %s: it does not hold this dataset's images", path)
@@ -215,12 +217,27 @@ def cached_images(
     images = decode_all()
     try:
         buf = io.BytesIO()
-        torch.save({"images": images, "format": torch.tensor(CACHE_FORMAT)}, buf)
+        torch.save(
+            {
+                "images": images,
+                "format": torch.tensor(CACHE_FORMAT),
+                "sha256": _pixels_sha256(images),
+            },
+            buf,
+        )
         atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
         # a read-only or full cache folder must not stop the run; decoding already succeeded
         log.warning("could not write decode cache %s (%s)", path, exc.strerror)
     return images
+
+
+def _pixels_sha256(images: torch.Tensor) -> str:
+    """sha256 of a uint8 tensor's bytes and shape: a cache file whose pixels were altered (same
+    shape, other values) is rebuilt, never used."""
+    digest = hashlib.sha256(str(tuple(images.shape)).encode())
+    digest.update(memoryview(images.contiguous().numpy()).cast("B"))
+    return digest.hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:
