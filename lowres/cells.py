@@ -311,20 +311,22 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_cell(cells_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+def read_cell(cells_dir: Path, key: dict[str, Any], *, say: bool = True) -> dict[str, Any] | None:
     """The cell stored for ``key``, or None when there is none or it cannot be trusted.
 
     A cell is trusted only when its JSON parses, holds exactly ``key``, matches its own checksum
     (no edited rows), and names an NPZ whose sha256 is the one recorded (no truncated or
-    swapped arrays). A cell that exists but fails a check is logged with the reason, so the
-    sweep's "recomputing" is never silent.
+    swapped arrays). A cell that exists but fails a check is logged with the reason (unless
+    ``say`` is False: a merge refuses such a shard in its own words), so the sweep's
+    "recomputing" is never silent.
     """
     path = cells_dir / f"{cell_stem(key)}.json"
     if not path.is_file():
         return None
     reason = _untrusted(cells_dir, path, key)
     if isinstance(reason, str):
-        log.warning("recomputing cell %s: %s", path.stem, reason)
+        if say:
+            log.warning("recomputing cell %s: %s", path.stem, reason)
         return None
     return reason
 

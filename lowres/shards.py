@@ -302,7 +302,7 @@ def collect_shards(out: Path, shard_dirs: Sequence[Path]) -> Collected:
             key = None
         if (
             not isinstance(key, dict)
-            or read_cell(src, key) is None
+            or read_cell(src, key, say=False) is None
             or any(
                 key.get(k) != fingerprint[k] for k in ("data", "preset", "pairing", "degrade_hash")
             )

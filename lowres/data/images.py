@@ -228,7 +228,7 @@ def cached_images(
         atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
         # a read-only or full cache folder must not stop the run; decoding already succeeded
-        log.warning("could not write decode cache %s (%s)", path, exc.strerror)
+        log.info("could not write decode cache %s (%s)", path, exc.strerror)
     return images
 
 
