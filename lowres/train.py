@@ -1406,7 +1406,8 @@ def train_cached(config: TrainConfig, cache: str | os.PathLike, *, progress: boo
     cache = Path(cache)
     key = model_key(config)
     final = cache / key
-    with file_lock(cache / f"{key}.lock", f"model cache entry {final} ({config.method})"):
+    lock = cache / f"{key}.lock"
+    with file_lock(lock, f"model cache entry {final} ({config.method})"):
         try:
             found = cached_model(final, config.hash())
         except CheckpointError as exc:
@@ -1436,7 +1437,10 @@ def train_cached(config: TrainConfig, cache: str | os.PathLike, *, progress: boo
                 {"checkpoint": str(rel), "config": dataclasses.asdict(config), "hash": key},
             )
         except OSError:
+            # A full disk: nothing of this entry stays, its lock file included (a process
+            # waiting on it would then lock a removed file; it fails on the same disk anyway).
             shutil.rmtree(partial, ignore_errors=True)
+            lock.unlink(missing_ok=True)
             raise
         if final.exists():
             shutil.rmtree(final)
