@@ -14,7 +14,7 @@ TrainConfig defaults (only device/threads set), then reports:
   clean images, and on the clean training images (same subset).
 
 Two jobs with one thread each run about twice as fast as one job with two threads on the
-2-core machine (FINDINGS.md), hence ``--jobs 2`` and ``num_threads=1``.
+2-core machine (measured), hence ``--jobs 2`` and ``num_threads=1``.
 
 Usage::
 

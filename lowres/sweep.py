@@ -1,6 +1,6 @@
 """Models x scales sweep -> one tidy results table, resumable cell by cell.
 
-The experiment (PAPER.md, "The low-resolution experiment"): models are trained at full
+The experiment (the Ring loss paper's low-resolution experiment): models are trained at full
 resolution; only the *test* images are degraded (downsample by ``scale`` with the declared
 chain, then back up to each model's input size); every model sees the identical degraded
 pixels (:func:`lowres.embed.embed_many` degrades each batch once and feeds every model).
@@ -163,7 +163,7 @@ class SweepConfig:
         save_baseline: also write a ``lowres check`` baseline to this file.
         jobs: models trained in parallel processes with one torch thread each (None: 2 on a
             CPU with at least 2 cores, else 1). Two 1-thread jobs finish about twice as fast
-            as one 2-thread job on the 2-core machines (FINDINGS.md); on a GPU one process
+            as one 2-thread job on the 2-core machines (measured); on a GPU one process
             owns the device. Does not change any number, only the wall time.
         shard: ``(i, n)``: compute only shard i of n (see :func:`lowres.shards.shard_plan`)
             and write a shard manifest instead of the table; :func:`merge_shards` joins them.

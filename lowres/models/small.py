@@ -3,8 +3,8 @@
 A stride-4 stem (3x3 stride-2 conv + BN + ReLU, 2x2 max-pool), four basic residual blocks of
 32-64-128-256 channels (the last three with stride 2), then a Linear layer from the flattened
 map to the embedding (flattening keeps where a feature is on the face, which global pooling
-would throw away). About 1.3 M parameters; measured at ~590 training img/s at 64x64 on 2 cores
-in FINDINGS.md.
+would throw away). About 1.3 M parameters; about 590 training img/s at 64x64 on 2 cores
+(measured before lowres existed, on the project's 2-core machines).
 
 The embedding is the plain output of that Linear layer: no BatchNorm/activation after it. A
 final BatchNorm (common in face nets) rescales every dimension to a running unit variance,
