@@ -727,7 +727,6 @@ def prepare_models(
     """Train-or-load every model for (fold, seed), then add the raw-pixel reference."""
     from lowres.checkpoint import load_checkpoint
     from lowres.embed import InputAdapter
-    from lowres.train import model_key
 
     prepared: list[Prepared] = []
     for entry in entries:
@@ -740,7 +739,9 @@ def prepare_models(
             continue
         if entry.kind == "method":
             path = trained_checkpoint(entry, config, fold, seed)
-            model_hash = model_key(train_config(entry, config, fold, seed))
+            # The cache folder is named by the model key: no second load of the training split.
+            cache = Path(config.model_cache) if config.model_cache else default_model_cache()
+            model_hash = path.relative_to(cache).parts[0]
         else:
             path = Path(entry.source)
             model_hash = ""
