@@ -17,6 +17,8 @@
    and one column per face width, with the threshold fixed on clean pairs at FAR 1e-2 (or the
    sweep's FAR nearest it), d' and the share of genuine pairs that threshold rejects at each
    width: how the genuine scores slide into the impostors as faces shrink.
+7. ``training`` (from ``training.csv``, the models' own per-epoch logs): held-out TAR, training
+   accuracy and loss against the epoch, one line per trained model.
 
 Matplotlib's object API is used (no pyplot, no global backend or style change), so plotting
 works headless and inside other programs. Several seeds are averaged
@@ -38,6 +40,7 @@ import pandas as pd
 from lowres.atomic import atomic_write_bytes
 from lowres.errors import ResultsError
 from lowres.results import PIXELS, primary_rows, read_table
+from lowres.training_logs import TRAINING_FILE, read_training
 
 FIGURES_DIR = "figures"
 X_LABEL = "probe face width (pixels)"
@@ -539,6 +542,49 @@ def figure_scores(scores: pd.DataFrame, prim: pd.DataFrame, styles: dict[str, di
     return fig
 
 
+_TRAINING_PANELS = (
+    ("val_tar", "held-out TAR at FAR 1e-2 (clean pairs)"),
+    ("train_acc", "training accuracy"),
+    ("loss", "training loss"),
+)
+
+
+def figure_training(training: pd.DataFrame, styles: dict[str, dict]):
+    """Per-epoch curves of every trained model (mean over folds and seeds): the held-out
+    verification figure where the models logged one, training accuracy and loss. None when
+    no model has a log."""
+    panels = [
+        (col, label)
+        for col, label in _TRAINING_PANELS
+        if col in training.columns and training[col].notna().any()
+    ]
+    training = training[training["model"].isin(list(styles))]
+    if training.empty or not panels:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * len(panels) + 2.2, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]  # own y axes: loss is not a rate
+    for ax, (col, label) in zip(axes, panels, strict=True):
+        mean = training.groupby(["model", "epoch"], sort=True)[col].mean().reset_index()
+        for model, g in mean.groupby("model", sort=True):
+            _model_line(ax, g["epoch"].to_numpy(float), g[col].to_numpy(float), styles[model])
+        ax.set_xlabel("epoch")
+        ax.set_title(label, fontsize=10)
+        if col != "loss":
+            ax.set_ylim(0, 1.02)
+    _legend(fig, axes, {m: styles[m] for m in sorted(training["model"].unique())})
+    n_runs = training.groupby(["model"])[["fold", "seed"]].apply(lambda g: len(g.drop_duplicates()))
+    fig.suptitle(
+        "Training curves from each model's log (mean over "
+        f"{int(n_runs.max())} fold x seed run(s) per model)\n"
+        "a model whose held-out curve still rises at its last epoch was measured before its "
+        "plateau",
+        fontsize=10,
+    )
+    return fig
+
+
 def plot_tables(
     table: pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -546,6 +592,7 @@ def plot_tables(
     roc: pd.DataFrame | None = None,
     norms: pd.DataFrame | None = None,
     scores: pd.DataFrame | None = None,
+    training: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Draw every figure the given tables allow into ``out_dir``; returns the written files."""
     import seaborn as sns
@@ -567,14 +614,25 @@ def plot_tables(
             figures.append(("norms", figure_norms(norms, styles, caption)))
         if scores is not None and not scores.empty:
             figures.append(("scores", figure_scores(scores, prim, styles)))
+        if training is not None and not training.empty:
+            figures.append(("training", figure_training(training, styles)))
         for stem, fig in figures:
             if fig is not None:
                 written += _save(fig, out_dir, stem)
     return written
 
 
-FIGURE_STEMS = ("tar_vs_resolution", "genuine_cosine", "ring_margin", "roc", "norms", "scores")
-_STYLE_VERSION = "3"  # 2: seed-mean bands, variant families, margin band caption; 3: scores
+FIGURE_STEMS = (
+    "tar_vs_resolution",
+    "genuine_cosine",
+    "ring_margin",
+    "roc",
+    "norms",
+    "scores",
+    "training",
+)
+# 2: seed-mean bands, variant families, margin band caption; 3: scores; 4: training
+_STYLE_VERSION = "4"
 _DIGEST_FILE = ".source-digest"
 
 
@@ -599,7 +657,7 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
     table = read_table(table_path)
     out_dir = run_dir / FIGURES_DIR
     digest = hashlib.sha256(_STYLE_VERSION.encode())
-    for name in ("results.csv", "roc.csv", "norms.csv", "scores.csv"):
+    for name in ("results.csv", "roc.csv", "norms.csv", "scores.csv", TRAINING_FILE):
         path = run_dir / name
         digest.update(path.read_bytes() if path.is_file() else b"-")
     digest_path = out_dir / _DIGEST_FILE
@@ -613,7 +671,8 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
         run_dir / "scores.csv",
         ("model", "size_px", "bin_low", "bin_high", "n_genuine", "n_impostor"),
     )
-    written = plot_tables(table, out_dir, roc=roc, norms=norms, scores=scores)
+    training = read_training(run_dir / TRAINING_FILE)
+    written = plot_tables(table, out_dir, roc=roc, norms=norms, scores=scores, training=training)
     from lowres.atomic import atomic_write_text
 
     atomic_write_text(digest_path, digest.hexdigest())

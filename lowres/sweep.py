@@ -111,6 +111,13 @@ from lowres.results import (
     to_frame,
     write_table,
 )
+from lowres.training_logs import (
+    TRAINING_FILE,
+    merge_training,
+    read_training,
+    training_frame,
+    write_training,
+)
 
 log = logging.getLogger("lowres.sweep")
 
@@ -291,6 +298,8 @@ class Prepared:
     module: Any
     adapter: Any
     model_hash: str
+    folder: Path | None = None
+    """The checkpoint folder of a trained or loaded model (its ``log.csv``), else None."""
 
 
 @dataclass
@@ -748,7 +757,8 @@ def prepare_models(
         loaded = load_checkpoint(path)
         if entry.kind == "checkpoint":
             model_hash = str(loaded.sidecar.get("weights_sha256", ""))[:16]
-        prepared.append(Prepared(entry, loaded.model, loaded.adapter, model_hash))
+        folder = path if path.is_dir() else path.parent
+        prepared.append(Prepared(entry, loaded.model, loaded.adapter, model_hash, folder))
     first = prepared[0].adapter
     adapter = InputAdapter(channels="grey", size=tuple(first.size))
     pixel_entry = ModelEntry(name=PIXELS, kind="pixels", method=PIXELS, source=PIXELS)
@@ -937,6 +947,7 @@ def run_sweep(
 
         cells: dict[tuple[str, int, int, float], dict[str, Any]] = {}
         model_info: dict[str, ModelEntry] = {}
+        logs: list[tuple[str, str, int, int, Path]] = []
         computed = reused = 0
         n_images_embedded = 0
         n_model_images = 0
@@ -954,6 +965,8 @@ def run_sweep(
                 test = tests[fold]
                 for p in prepared:
                     model_info[p.entry.name] = p.entry
+                    if p.folder is not None:
+                        logs.append((p.entry.name, p.entry.method, fold, seed, p.folder))
                 keys = {
                     (p.entry.name, scale): cell_key(
                         fingerprint=fingerprint,
@@ -1001,6 +1014,7 @@ def run_sweep(
                 n_images_embedded += n_img
                 n_model_images += n_mimg
         log.info("computed %d cells, reused %d", computed, reused)
+        write_training(training_frame(logs), out / TRAINING_FILE)
         provenance.update(
             cells={"computed": computed, "reused": reused},
             inference={
@@ -1666,6 +1680,10 @@ def merge_shards(
         atomic_write_json(out / "provenance.json", provenance)
         t0 = time.perf_counter()
         cells = shards.copy_cells(collected, cells_dir)
+        write_training(
+            merge_training(read_training(d / TRAINING_FILE) for d in collected.dirs),
+            out / TRAINING_FILE,
+        )
         timings: dict[str, float] = {"copy": time.perf_counter() - t0}
 
         model_info = {

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -90,7 +91,9 @@ STATE_VERSION = 1
 # Fields that say how a run executes, not what it trains: they are left out of the config hash
 # so a model trained on a GPU or with more threads is found in the sweep's cache.
 _EXECUTION_FIELDS = ("device", "num_threads", "amp")
-_LATE_FIELDS = {"train_split": "fold", "val_identities": 0}
+_LATE_FIELDS = {"train_split": "fold", "val_identities": 0, "schedule": "step", "warmup": 0.0}
+
+SCHEDULES = ("step", "cosine")
 TRAIN_SPLITS = ("fold", "all")
 TRAIN_FORMAT = 2
 """Version of the training recipe in :meth:`TrainConfig.hash` (2: per-image augmentation seeds)."""
@@ -147,6 +150,12 @@ class TrainConfig:
             of 28k iterations); otherwise they are integer epoch numbers. The lr changes per
             step, as in SphereFace, so short runs (2 epochs) still get their drops.
         lr_gamma: lr factor at each milestone.
+        schedule: ``"step"`` (multiply by ``lr_gamma`` at each milestone, SphereFace's shape) or
+            ``"cosine"`` (half a cosine from the base lr to 0 over all steps; ``milestones`` and
+            ``lr_gamma`` are then unused). Either is fitted to the run's length, since both are
+            functions of the fraction of steps done.
+        warmup: fraction of all steps (0 to 0.5) over which the lr rises linearly from
+            ``lr / (warmup steps)`` to ``lr`` before the schedule takes over.
         seed: initialisation, shuffling and augmentation seed.
         augment: albumentations flip + small shift/scale/rotate + brightness/contrast.
         augment_resolution: False, True (= ``(1/16, 1, 0.5)``), or ``[low, high]`` /
@@ -196,6 +205,8 @@ class TrainConfig:
     num_threads: int | None = None
     amp: bool = True
     val_identities: int = 0
+    schedule: str = "step"
+    warmup: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr is None:
@@ -242,6 +253,18 @@ class TrainConfig:
         if self.num_threads is not None:
             _check_int("num_threads", self.num_threads, 1)
         _check_int("val_identities", self.val_identities, 0)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if (
+            isinstance(self.warmup, bool)
+            or not isinstance(self.warmup, (int, float))
+            or not 0 <= self.warmup <= 0.5
+        ):
+            raise ConfigError(
+                f"warmup must be a fraction of the steps in [0, 0.5], got {self.warmup!r}"
+            )
 
     def to_dict(self) -> dict:
         """JSON-able dict (tuples become lists)."""
@@ -869,16 +892,66 @@ def _rng_state(device: torch.device) -> dict:
     return state
 
 
+def lr_factor(
+    step: int,
+    total: int,
+    *,
+    schedule: str = "step",
+    milestones: tuple[int, ...] = (),
+    gamma: float = 0.1,
+    warmup: float = 0.0,
+) -> float:
+    """The lr multiplier after ``step`` optimizer steps of ``total``.
+
+    >>> [round(lr_factor(s, 8, schedule="cosine", warmup=0.25), 3) for s in range(8)]
+    [0.5, 1.0, 1.0, 0.933, 0.75, 0.5, 0.25, 0.067]
+    >>> [lr_factor(s, 8, milestones=(4, 6)) for s in (3, 4, 6)]
+    [1.0, 0.1, 0.010000000000000002]
+    """
+    warm = round(warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "cosine":
+        span = max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / span)))
+    return gamma ** sum(1 for m in milestones if step >= m)
+
+
+def _scheduler(optimizer: Any, config: TrainConfig, milestones: list[int], total: int) -> Any:
+    if config.schedule == "step" and not config.warmup:
+        # The original path, kept as it was so cached models and resumed runs stay bit-equal.
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=milestones, gamma=config.lr_gamma
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        functools.partial(
+            lr_factor,
+            total=total,
+            schedule=config.schedule,
+            milestones=tuple(milestones),
+            gamma=config.lr_gamma,
+            warmup=float(config.warmup),
+        ),
+    )
+
+
 def _scheduler_state(scheduler: Any) -> dict:
     state = scheduler.state_dict()
     # Counter -> plain dict: state.pt holds plain data only.
-    state["milestones"] = {int(k): int(v) for k, v in state["milestones"].items()}
+    if "milestones" in state:
+        state["milestones"] = {int(k): int(v) for k, v in state["milestones"].items()}
+    state.pop("lr_lambdas", None)
     return state
 
 
 def _restore_scheduler(scheduler: Any, state: dict) -> None:
     state = dict(state)
-    state["milestones"] = Counter({int(k): int(v) for k, v in state["milestones"].items()})
+    if "milestones" in state:
+        state["milestones"] = Counter({int(k): int(v) for k, v in state["milestones"].items()})
+    if hasattr(scheduler, "lr_lambdas"):
+        # The lambda is rebuilt from the config; only the step count comes from the state.
+        state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
     scheduler.load_state_dict(state)
 
 
@@ -1096,9 +1169,7 @@ def _train(
     steps_per_epoch = n // bs
     epochs = config.epochs if config.epochs is not None else auto_epochs(n)
     milestones = resolve_milestones(config.milestones, epochs, steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=milestones, gamma=config.lr_gamma
-    )
+    scheduler = _scheduler(optimizer, config, milestones, epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     pipeline = build_augmentation() if config.augment else None
     resolution = config.augment_resolution

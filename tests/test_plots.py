@@ -104,13 +104,38 @@ def _write_run(folder):
     pd.DataFrame(roc).to_csv(folder / "roc.csv", index=False)
     pd.DataFrame(norms).to_csv(folder / "norms.csv", index=False)
     pd.DataFrame(scores).to_csv(folder / "scores.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "model": m,
+                "method": m,
+                "fold": 0,
+                "seed": 0,
+                "epoch": e,
+                "loss": 5.0 / e,
+                "train_acc": e / 4,
+                "val_tar": e / 5,
+            }
+            for m in MODELS
+            if m != "pixels"
+            for e in (1, 2, 3, 4)
+        ]
+    ).to_csv(folder / "training.csv", index=False)
 
 
 def test_every_figure_written_as_png_and_pdf(tmp_path):
     _write_run(tmp_path)
     files = plot_run(tmp_path)
     stems = {p.stem for p in files}
-    assert stems == {"tar_vs_resolution", "roc", "norms", "genuine_cosine", "ring_margin", "scores"}
+    assert stems == {
+        "tar_vs_resolution",
+        "roc",
+        "norms",
+        "genuine_cosine",
+        "ring_margin",
+        "scores",
+        "training",
+    }
     for p in files:
         assert p.suffix in (".png", ".pdf") and p.stat().st_size > 5000
         assert p.read_bytes()[:4] in (b"\x89PNG", b"%PDF")

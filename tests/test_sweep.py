@@ -55,8 +55,13 @@ def reference(tmp_path_factory):
     return config, result, cache
 
 
+def model_log_of(folder) -> str:
+    """The method a cached model folder was trained with (from its sidecar)."""
+    return json.loads((folder / "model.json").read_text())["method"]
+
+
 def test_reference_table_shape(reference):
-    config, result, _ = reference
+    config, result, cache = reference
     table = read_table(config.out / "results.csv")
     assert result.computed == 3 * len(SCALES) and result.reused == 0
     assert set(table["model"]) == {"SM", "SM+R(0.01)", "pixels"}
@@ -90,6 +95,14 @@ def test_reference_table_shape(reference):
             want = row.loc[row["metric"] == metric, "value"].iloc[0]
             got = (mid * g[col]).sum() / g[col].sum()
             assert abs(got - want) <= 1 / 128 + 1e-12
+    # Every trained model's per-epoch log, copied into training.csv; none for the pixels.
+    training = pd.read_csv(config.out / "training.csv")
+    assert set(training["model"]) == {"SM", "SM+R(0.01)"}
+    for model, g in training.groupby("model"):
+        folder = next(p for p in cache.iterdir() if p.is_dir() and model_log_of(p) == model)
+        log = pd.read_csv(folder / "log.csv")
+        assert g["epoch"].tolist() == log["epoch"].tolist() == [1]
+        np.testing.assert_array_equal(g["loss"].to_numpy(), log["loss"].to_numpy())
     prov = json.loads((config.out / "provenance.json").read_text())
     assert prov["status"] == "complete"
     assert prov["degradation"]["hash"] == table["degrade_hash"].iloc[0]
