@@ -590,6 +590,9 @@ def _pixel_module():
     return PixelReference().eval()
 
 
+SYNTH_VAL_IDENTITIES = 100
+
+
 def train_config(entry: ModelEntry, config: SweepConfig, fold: int, seed: int):
     """The :class:`lowres.train.TrainConfig` of an on-demand model at (fold, seed): the
     embedded defaults, the sweep's data, preset, epochs, backbone and device, then the
@@ -607,6 +610,10 @@ def train_config(entry: ModelEntry, config: SweepConfig, fold: int, seed: int):
         kwargs.update(data=str(config.train_data), fold=0, train_split="all")
     elif config.preset is not None:
         kwargs["preset"] = config.preset
+    if config.train_data is None and config.data == "synth":
+        # synth's thousands of training identities spare 100 for the held-out curve of the
+        # training figure (never trained on, disjoint from the test identities).
+        kwargs["val_identities"] = SYNTH_VAL_IDENTITIES
     if config.epochs is not None:
         kwargs["epochs"] = int(config.epochs)
     if config.backbone is not None:

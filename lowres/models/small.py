@@ -91,7 +91,33 @@ class CPUNet(FaceModel):
 
 @register("cpunet")
 def cpunet(
+    *,
+    embed_dim: int = 128,
+    input_size: tuple[int, int] = (56, 48),
+    in_channels: int = 1,
+    widths: tuple[int, int, int, int] = (32, 64, 128, 256),
+) -> CPUNet:
+    """Small fast CPU net: 56x48 grey -> 128-d by default (``widths``: its four stage widths)."""
+    if len(widths) != 4 or any(int(w) != w or w < 1 for w in widths):
+        raise ConfigError(f"cpunet widths must be four positive integers, got {list(widths)}")
+    return CPUNet(
+        embed_dim=embed_dim,
+        input_size=input_size,
+        in_channels=in_channels,
+        widths=tuple(int(w) for w in widths),
+    )
+
+
+@register("cpunet-s")
+def cpunet_s(
     *, embed_dim: int = 128, input_size: tuple[int, int] = (56, 48), in_channels: int = 1
 ) -> CPUNet:
-    """Small fast CPU net: 56x48 grey -> 128-d by default."""
-    return CPUNet(embed_dim=embed_dim, input_size=input_size, in_channels=in_channels)
+    """``cpunet`` at half the width (stages 16, 32, 64, 128; 0.37M parameters): 3.4x the
+    training throughput on one CPU core, so the default recipe reaches its plateau within the
+    10-minute default job (the training-length study in the README)."""
+    return CPUNet(
+        embed_dim=embed_dim,
+        input_size=input_size,
+        in_channels=in_channels,
+        widths=(16, 32, 64, 128),
+    )
