@@ -74,17 +74,24 @@ def cli(verbose: int, quiet: bool) -> None:
     help="orl, synth, a manifest, or an InsightFace pack (train.rec or its folder).",
 )
 @click.option("--fold", type=int, default=0, show_default=True, help="Held-out identity fold.")
-@click.option("--epochs", type=int, default=None, help="Epochs (default: ~32k images, 2-40).")
+@click.option(
+    "--epochs", type=int, default=None, help="Epochs (default: ~1,000 steps, 12-40 epochs)."
+)
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint folder."
 )
-@click.option("--model", default=None, help="Model registry name (default cpunet).")
-@click.option("--batch-size", type=int, default=None, help="Images per step (default 32).")
+@click.option("--model", default=None, help="Model registry name (default cpunet-s).")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Images per step (default 128, halved for small sets).",
+)
 @click.option(
     "--lr",
     type=float,
     default=None,
-    help="Base learning rate (default 0.05; sphere nets 0.1 x batch/256).",
+    help="Base learning rate (default 0.05 x batch/32; sphere nets 0.1 x batch/256).",
 )
 @click.option("--seed", type=int, default=None, help="Training seed (default 0).")
 @click.option("--preset", default=None, help="Dataset preset, e.g. 'cpu' for synth.")
@@ -371,7 +378,9 @@ def _bad(ctx, name: str, exc: Exception):
     help="Training epochs of on-demand models (default: the training default).",
 )
 @click.option(
-    "--backbone", default=None, help="Network of on-demand models, e.g. sphere20 (default: cpunet)."
+    "--backbone",
+    default=None,
+    help="Network of on-demand models, e.g. sphere20 (default: cpunet-s).",
 )
 @click.option(
     "--train-data",

@@ -315,3 +315,85 @@ def figure_runs(
             fontsize=10,
         )
         return _save(fig, Path(out_dir), "runs_overview")
+
+
+BUDGET_LABEL = r"^(?P<method>.+)\+e(?P<epochs>\d+)$"
+"""Model labels of a training-length study: ``METHOD+eN`` (N epochs)."""
+
+
+def budget_table(table: pd.DataFrame, far: float) -> pd.DataFrame:
+    """TAR (seed mean where there are several seeds) and Ring margin per method, training
+    budget and probe width at ``far``, from the labels ``METHOD+eN`` of a sweep table.
+
+    Columns: method, epochs, size_px, metric (``tar`` or ``ring_margin``), value, ci_low,
+    ci_high. Empty when no label names a budget."""
+    from lowres.results import primary_rows
+
+    prim = primary_rows(table)
+    prim = prim[np.isclose(prim["far"].astype(float), far)]
+    found = prim["model"].str.extract(BUDGET_LABEL)
+    prim = prim.assign(base=found["method"], epochs=pd.to_numeric(found["epochs"]))
+    prim = prim[prim["epochs"].notna()]
+    tar = "tar_mean" if (prim["metric"] == "tar_mean").any() else "tar"
+    rows = prim[prim["metric"].isin([tar, "ring_margin"])]
+    out = rows.assign(metric=rows["metric"].replace({tar: "tar"}))[
+        ["base", "epochs", "size_px", "metric", "value", "ci_low", "ci_high"]
+    ].rename(columns={"base": "method"})
+    out["epochs"] = out["epochs"].astype(int)
+    out["size_px"] = out["size_px"].astype(int)
+    return out.sort_values(["metric", "method", "size_px", "epochs"]).reset_index(drop=True)
+
+
+def figure_budget(
+    table: pd.DataFrame, out_dir: str | os.PathLike, *, far: float, title: str = ""
+) -> list[Path]:
+    """The ``budget`` figure of a training-length study: TAR at ``far`` (top row) and the Ring
+    margin with its 95% interval (bottom row) against the training budget in epochs, one
+    column per probe width, one line per method. Returns [] when no label names a budget."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    from lowres.plots import _fmt_far, _legend, _model_line
+
+    frame = budget_table(table, far)
+    if frame.empty:
+        return []
+    sizes = sorted(frame["size_px"].unique(), reverse=True)
+    methods = sorted(frame["method"].unique())
+    styles = model_styles(pd.DataFrame({"model": methods, "method": methods}))
+    has_margin = bool((frame["metric"] == "ring_margin").any())
+    nrows = 2 if has_margin else 1
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        fig = Figure(figsize=(4.0 * len(sizes) + 2.4, 3.3 * nrows + 0.9), layout="constrained")
+        axes = fig.subplots(nrows, len(sizes), squeeze=False, sharey="row")
+        for j, size in enumerate(sizes):
+            for i, metric in enumerate(["tar", "ring_margin"][:nrows]):
+                ax = axes[i][j]
+                sub = frame[(frame["size_px"] == size) & (frame["metric"] == metric)]
+                for method, g in sub.groupby("method", sort=True):
+                    st = styles[method]
+                    x = g["epochs"].to_numpy(float)
+                    ax.fill_between(
+                        x, g["ci_low"], g["ci_high"], color=st["color"], alpha=0.12, linewidth=0
+                    )
+                    _model_line(ax, x, g["value"].to_numpy(float), st)
+                ax.set_xscale("log", base=2)
+                ticks = sorted(frame["epochs"].unique())
+                ax.set_xticks(ticks, [str(t) for t in ticks])
+                ax.set_xlabel("training budget (epochs)")
+                if metric == "ring_margin":
+                    ax.axhline(0.0, color="black", linewidth=0.8)
+            axes[0][j].set_title(f"probe {size} px wide", fontsize=9)
+            axes[0][j].set_ylim(-0.02, 1.02)
+        axes[0][0].set_ylabel(f"TAR at FAR {_fmt_far(far)}")
+        if has_margin:
+            axes[1][0].set_ylabel("Ring margin (+R minus base)")
+        _legend(fig, axes, styles, title="method")
+        fig.suptitle(
+            (title + "\n" if title else "")
+            + f"TAR at FAR {_fmt_far(far)} and the Ring margin vs training budget\n"
+            + "bands: 95% intervals (TAR: Clopper-Pearson or seed bootstrap; margin: paired "
+            "bootstrap over identities and seeds)",
+            fontsize=10,
+        )
+        return _save(fig, Path(out_dir), "budget")

@@ -611,9 +611,14 @@ def train_config(entry: ModelEntry, config: SweepConfig, fold: int, seed: int):
     elif config.preset is not None:
         kwargs["preset"] = config.preset
     if config.train_data is None and config.data == "synth":
-        # synth's thousands of training identities spare 100 for the held-out curve of the
-        # training figure (never trained on, disjoint from the test identities).
-        kwargs["val_identities"] = SYNTH_VAL_IDENTITIES
+        # synth's thousands of training identities spare 100 (a tenth of a small preset's) for
+        # the held-out curve of the training figure (never trained on, disjoint from the test
+        # identities).
+        from lowres.data import synthetic
+
+        name, _ = synthetic.parse_preset(config.preset)
+        k = synthetic.PRESETS[name].train_identities
+        kwargs["val_identities"] = min(SYNTH_VAL_IDENTITIES, k // 10) if k >= 20 else 0
     if config.epochs is not None:
         kwargs["epochs"] = int(config.epochs)
     if config.backbone is not None:

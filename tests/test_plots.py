@@ -8,7 +8,7 @@ import pytest
 
 from lowres.errors import ResultsError
 from lowres.plots import X_LABEL, model_styles, plot_run
-from lowres.results import make_row, robustness_rows, to_frame, write_table
+from lowres.results import make_row, read_table, robustness_rows, to_frame, write_table
 
 MODELS = ("SM", "SM+R(0.01)", "SF", "SF+R(0.01)", "pixels")
 SIZES = (48, 24, 12, 6)
@@ -249,3 +249,36 @@ def test_shard_folder_says_to_merge_the_shards_first(tmp_path):
     empty_shard(tmp_path, 1, 2)
     line = _plot_cli(tmp_path)
     assert f"{tmp_path} is shard 1/2 of a sweep" in line and "lowres merge OUT" in line
+
+
+def test_budget_table_and_figure_of_a_training_length_study(tmp_path):
+    """Rows of the committed old-recipe training-length study, read back per method+budget."""
+    from pathlib import Path
+
+    from lowres.plots_study import budget_table, figure_budget
+
+    path = Path(__file__).parent.parent / "docs/results/training_length_old_recipe/results.csv"
+    table = read_table(path)
+    frame = budget_table(table, 1e-2)
+    assert set(frame["epochs"]) == {2, 4, 8, 16}
+    assert set(frame["method"]) == {"SM", "SM+R(0.01)", "SF", "SF+R(0.01)", "l2-SM(30)", "SM+CL"}
+    for model, method, epochs in (("SM+e8", "SM", 8), ("SF+R(0.01)+e16", "SF+R(0.01)", 16)):
+        for metric in ("tar", "ring_margin"):
+            want = table[
+                (table["model"] == model)
+                & (table["metric"] == metric)
+                & (table["far"] == 1e-2)
+                & (table["size_px"] == 12)
+                & (table["fold"] == 0)
+            ]["value"]
+            got = frame[
+                (frame["method"] == method)
+                & (frame["epochs"] == epochs)
+                & (frame["metric"] == metric)
+                & (frame["size_px"] == 12)
+            ]["value"]
+            assert got.tolist() == pytest.approx(want.tolist())
+    assert not frame[(frame["metric"] == "ring_margin") & (frame["method"] == "SM")].shape[0]
+    files = figure_budget(table, tmp_path, far=1e-2)
+    assert sorted(p.suffix for p in files) == [".pdf", ".png"]
+    assert figure_budget(table[~table["model"].str.contains(r"\+e")], tmp_path, far=1e-2) == []
