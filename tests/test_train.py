@@ -513,16 +513,20 @@ def test_cli_trains_and_prints_summary(tmp_path):
 def test_default_lr_follows_the_model_family():
     # SphereFace nets (no BatchNorm) take SphereFace's 0.1 at batch 256, scaled to the batch.
     assert TrainConfig(method="SM", model="sphere20", batch_size=64).lr == pytest.approx(0.025)
-    assert TrainConfig(method="SM", model="cpunet").lr == 0.05
+    # BatchNorm nets take 0.05 per 32 images: 0.2 at the default batch of 128.
+    assert TrainConfig(method="SM", model="cpunet", batch_size=32).lr == pytest.approx(0.05)
+    assert TrainConfig(method="SM", model="cpunet").lr == pytest.approx(0.2)
     # Resolving the default does not change the identity of a config that spelled it out.
-    assert TrainConfig(method="SM").hash() == TrainConfig(method="SM", lr=0.05).hash()
+    assert TrainConfig(method="SM").hash() == TrainConfig(method="SM", lr=0.2).hash()
 
 
 def test_train_split_all_keeps_old_hashes_and_trains_on_everything():
     from lowres.train import TrainConfig, _load_split
 
-    # Models cached before train_split existed keep their hash (this one is from TRAIN_FORMAT 2).
-    assert TrainConfig(method="SM", data="orl", fold=0, seed=0).hash() == "b4e67a8eb643b579"
+    # Models cached before train_split existed keep their hash (this one is from TRAIN_FORMAT 2,
+    # made with the recipe of that time, which a config now spells out).
+    old = dict(model="cpunet", batch_size=32, schedule="step", warmup=0.0)
+    assert TrainConfig(method="SM", data="orl", fold=0, seed=0, **old).hash() == "b4e67a8eb643b579"
     whole = TrainConfig(method="SM", data="orl", train_split="all")
     assert whole.hash() != TrainConfig(method="SM", data="orl").hash()
     train, held_out = _load_split(whole)
