@@ -344,6 +344,46 @@ def budget_table(table: pd.DataFrame, far: float) -> pd.DataFrame:
     return out.sort_values(["metric", "method", "size_px", "epochs"]).reset_index(drop=True)
 
 
+PLATEAU_SHARES = (0.95, 0.99)
+"""Shares of the best TAR that ``plateau_table`` reports the first budget to reach."""
+
+
+def plateau_table(budget: pd.DataFrame, size_px: int | None = None) -> pd.DataFrame:
+    """Where each method plateaus, from a :func:`budget_table` frame.
+
+    For each method, at ``size_px`` (default: the largest width, the clean probes): the best
+    TAR over the budgets measured and the budget that gave it, the first budget that reaches
+    95% and 99% of it (``epochs_95``, ``epochs_99``), ``last_gain`` (TAR at the largest budget
+    minus at the one before it: a gain well above the interval widths says the plateau lies
+    beyond the budgets measured), and the share of the best TAR at every budget
+    (``share_eN``). One row per method."""
+    tar = budget[budget["metric"] == "tar"]
+    if tar.empty:
+        return pd.DataFrame()
+    size = int(tar["size_px"].max()) if size_px is None else int(size_px)
+    tar = tar[tar["size_px"] == size]
+    rows = []
+    for method, g in tar.groupby("method", sort=True):
+        g = g.sort_values("epochs")
+        epochs = g["epochs"].to_numpy(int)
+        values = g["value"].to_numpy(float)
+        best = int(np.argmax(values))
+        row = {
+            "method": method,
+            "size_px": size,
+            "best_tar": float(values[best]),
+            "best_epochs": int(epochs[best]),
+        }
+        for share in PLATEAU_SHARES:
+            reached = epochs[values >= share * values[best]]
+            row[f"epochs_{round(share * 100)}"] = int(reached[0])
+        row["last_gain"] = float(values[-1] - values[-2]) if len(values) > 1 else float("nan")
+        for e, v in zip(epochs, values, strict=True):
+            row[f"share_e{e}"] = float(v / values[best]) if values[best] > 0 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def figure_budget(
     table: pd.DataFrame, out_dir: str | os.PathLike, *, far: float, title: str = ""
 ) -> list[Path]:

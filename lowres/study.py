@@ -920,13 +920,20 @@ def _run_sweep_study(study: Study, out_dir: Path, workers: int, force: bool) -> 
     from lowres.atomic import atomic_write_text
 
     atomic_write_text(out_dir / "table.md", _paper_tables(study, sweep.table))
-    from lowres.plots_study import budget_table, figure_budget
+    from lowres.plots_study import budget_table, figure_budget, plateau_table
 
     far = 1e-2 if any(math.isclose(f, 1e-2) for f in config.fars) else config.fars[0]
     budget = budget_table(sweep.table, far)
     if not budget.empty:  # a training-length study: labels METHOD+eN
         _write_csv(budget, out_dir / "budget.csv")
         tables["budget"] = budget
+        plateau = plateau_table(budget)
+        _write_csv(plateau, out_dir / "plateau.csv")
+        tables["plateau"] = plateau
+        summary += (
+            f"\n\nclean TAR at FAR {far:g} per budget, as a share of the best budget"
+            " (plateau.csv):\n" + plateau.round(3).to_string(index=False)
+        )
         figures += figure_budget(sweep.table, out_dir / "figures", far=far, title=study.title)
     if study.kind == "norms":
         t0 = time.perf_counter()

@@ -281,4 +281,26 @@ def test_budget_table_and_figure_of_a_training_length_study(tmp_path):
     assert not frame[(frame["metric"] == "ring_margin") & (frame["method"] == "SM")].shape[0]
     files = figure_budget(table, tmp_path, far=1e-2)
     assert sorted(p.suffix for p in files) == [".pdf", ".png"]
+
+    # The plateau summary, against a plain loop over the same rows.
+    from lowres.plots_study import plateau_table
+
+    plateau = plateau_table(frame).set_index("method")
+    assert set(plateau.index) == set(frame["method"])
+    for method in plateau.index:
+        clean = frame[
+            (frame["method"] == method) & (frame["metric"] == "tar") & (frame["size_px"] == 48)
+        ]
+        by_epochs = {int(e): float(v) for e, v in zip(clean["epochs"], clean["value"], strict=True)}
+        best = max(by_epochs.values())
+        row = plateau.loc[method]
+        assert row["best_tar"] == best and by_epochs[row["best_epochs"]] == best
+        assert row["epochs_95"] == min(e for e, v in by_epochs.items() if v >= 0.95 * best)
+        assert row["epochs_99"] == min(e for e, v in by_epochs.items() if v >= 0.99 * best)
+        assert row["last_gain"] == pytest.approx(by_epochs[16] - by_epochs[8])
+        for e, v in by_epochs.items():
+            assert row[f"share_e{e}"] == pytest.approx(v / best)
+    # The old recipe's SphereFace was far from its plateau at 2 epochs.
+    assert plateau.loc["SF", "share_e2"] < 0.5 and plateau.loc["SF", "epochs_95"] > 2
+    assert plateau_table(frame[frame["metric"] == "ring_margin"]).empty
     assert figure_budget(table[~table["model"].str.contains(r"\+e")], tmp_path, far=1e-2) == []
