@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from lowres.atomic import atomic_write_bytes, atomic_write_text, check_writable
+from lowres import metrics as M
 from lowres.errors import ConfigError, ResultsError
+from lowres.files import atomic_write_bytes, atomic_write_text, check_writable
 from lowres.processes import file_lock
 
 log = logging.getLogger("lowres")
@@ -48,6 +49,28 @@ ROC_POINTS = 80
 SCORE_BINS = 128
 """Equal-width cosine bins over [-1, 1] of the genuine/impostor histograms in ``scores.csv``
 (width 1/64: every edge is exact in binary, so the table prints them exactly)."""
+
+
+SHARD_MANIFEST = "shard.json"
+"""The file that marks a sweep folder as one shard (``lowres sweep --shard i/n``)."""
+SHARD_FORMAT = "lowres-shard/1"
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A shard folder's ``shard.json``; ResultsError naming the folder if it is not one."""
+    path = folder / SHARD_MANIFEST
+    if not path.is_file():
+        raise ResultsError(
+            f"{folder} holds no {SHARD_MANIFEST}; give the --out folders of finished "
+            "`lowres sweep --shard i/n` runs"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ResultsError(f"{path} is unreadable; rerun that shard's sweep") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != SHARD_FORMAT:
+        raise ResultsError(f"{path} is not a {SHARD_FORMAT} manifest; rerun that shard's sweep")
+    return manifest
 
 
 def settings_fingerprint(
@@ -429,7 +452,6 @@ def cell_metric_rows(
     Returns:
         (rows with metric/far/value/... fields, this cell's own clean-reference dict).
     """
-    from lowres import metrics as M
 
     rows: list[dict[str, Any]] = []
     n_gen = int(np.count_nonzero(issame))
@@ -514,3 +536,50 @@ def score_histogram(
     gen = np.histogram(scores[issame], bins=edges)[0].astype(np.int64)
     imp = np.histogram(scores[~issame], bins=edges)[0].astype(np.int64)
     return edges, gen, imp
+
+
+CellIndex = tuple[str, int, int, float]
+"""Where a cell sits in a sweep: (model id, fold, seed, scale)."""
+
+
+class CellStore:
+    """The cells of one sweep folder: ``cells/`` on disk, and an index, by :data:`CellIndex`, of
+    the cells this run has reused or written (their JSON: key, rows, clean reference), with
+    their arrays loaded once on first use."""
+
+    def __init__(self, folder: Path, cells: dict[CellIndex, dict[str, Any]] | None = None):
+        self.folder = Path(folder)
+        self.cells: dict[CellIndex, dict[str, Any]] = dict(cells or {})
+        self._arrays: dict[CellIndex, dict[str, np.ndarray]] = {}
+
+    def __getitem__(self, index: CellIndex) -> dict[str, Any]:
+        return self.cells[index]
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def reuse(self, index: CellIndex, key: dict[str, Any]) -> bool:
+        """Index the cell with ``key`` if it is on disk and intact; False when it must be made."""
+        found = read_cell(self.folder, key)
+        if found is not None:
+            self.cells[index] = found
+        return found is not None
+
+    def write(self, index: CellIndex, key: dict[str, Any], arrays: dict, **meta: Any) -> None:
+        """:func:`write_cell` and index it (``meta``: rows, clean_ref, seconds)."""
+        self.cells[index] = write_cell(self.folder, key, arrays, **meta)
+
+    def clean_reference(self, index: CellIndex, key: dict[str, Any]) -> dict[str, Any]:
+        """The clean-reference facts of the scale-1 cell at ``index`` (``key``: its key)."""
+        cell = self.cells.get(index)
+        if cell is None:
+            cell = read_cell(self.folder, key)
+        if cell is None:
+            raise ResultsError(f"clean cell of {index[0]} is missing; rerun the sweep")
+        return cell["clean_ref"]
+
+    def arrays(self, index: CellIndex) -> dict[str, np.ndarray]:
+        """The cell's arrays (scores, labels, norms, pairs), read from disk once."""
+        if index not in self._arrays:
+            self._arrays[index] = load_cell_arrays(self.folder, self.cells[index])
+        return self._arrays[index]

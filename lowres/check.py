@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 
 from lowres.errors import ResultsError
+from lowres.files import atomic_write_csv
 from lowres.results import (
     HIGHER_IS_BETTER,
     KEY_COLUMNS,
     LOWER_IS_BETTER,
-    atomic_write_text,
     check_numbers,
     read_table,
 )
@@ -108,8 +108,7 @@ def baseline_frame(table: pd.DataFrame) -> pd.DataFrame:
 def save_baseline(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write :func:`baseline_frame` of ``table`` to ``path`` atomically (CSV)."""
     frame = baseline_frame(table)
-    text = frame.to_csv(index=False, lineterminator="\n", float_format="%.17g")
-    return atomic_write_text(path, text)
+    return atomic_write_csv(path, frame)
 
 
 def read_baseline(path: str | os.PathLike) -> pd.DataFrame:

@@ -18,11 +18,9 @@ sha256 of the weights, so a weights file that does not belong to its sidecar is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
-import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowres.atomic import atomic_write_bytes, atomic_write_text
-from lowres.errors import CheckpointError
+from lowres import models
+from lowres.embed import InputAdapter
+from lowres.errors import CheckpointError, ConfigError
+from lowres.files import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from lowres.methods import build_loss, parse_method
 
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
@@ -61,41 +62,6 @@ class LoadedModel:
 
 # ---------------------------------------------------------------------------------------------
 # atomic writes
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape a trained model (for the sidecar)."""
-    import numpy
-    import safetensors
-
-    from lowres import __version__
-
-    versions = {
-        "lowres": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "safetensors": safetensors.__version__,
-    }
-    for name in ("albumentations", "kornia"):
-        try:
-            module = __import__(name)
-            versions[name] = module.__version__
-        except ImportError:
-            versions[name] = "not installed"
-    return versions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,9 +366,6 @@ def load_checkpoint(
 
 def build_from_sidecar(sidecar: Mapping[str, Any]) -> tuple[nn.Module, nn.Module, Any]:
     """Create the (untrained) model, loss and MethodSpec a sidecar describes."""
-    from lowres import models
-    from lowres.errors import ConfigError
-    from lowres.methods import build_loss, parse_method
 
     kwargs = dict(sidecar["model_kwargs"])
     if "input_size" in kwargs and kwargs["input_size"] is not None:
@@ -421,7 +384,6 @@ def build_from_sidecar(sidecar: Mapping[str, Any]) -> tuple[nn.Module, nn.Module
 
 def adapter_from(sidecar: Mapping[str, Any]) -> Any:
     """The InputAdapter recorded in a sidecar."""
-    from lowres.embed import InputAdapter
 
     fields = dict(sidecar["adapter"])
     if "size" in fields:

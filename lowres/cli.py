@@ -237,7 +237,7 @@ def data_show_cmd(name, sheet, ids, per_id, fold, seed, preset) -> None:
     from lowres.data.registry import get_split_labels, has_own_split, protocol_summary
 
     if sheet:
-        from lowres.atomic import check_writable
+        from lowres.files import check_writable
 
         check_writable(sheet, "--sheet", is_folder=False)
     ds = load_dataset(name, seed=seed, preset=preset)
@@ -426,69 +426,81 @@ def _bad(ctx, name: str, exc: Exception):
     "join the shard folders with `lowres merge`.",
 )
 @click.pass_context
-def sweep_cmd(
-    ctx,
-    models,
-    scales,
-    sizes,
-    data,
-    preset,
-    degrade_text,
-    pairing,
-    fars,
-    folds,
-    seeds,
-    device,
-    batch_size,
-    out,
-    force,
-    epochs,
-    backbone,
-    train_data,
-    variants,
-    model_cache,
-    critical,
-    save_baseline,
-    no_plot,
-    jobs,
-    shard,
-) -> None:
+def sweep_cmd(ctx, **opts) -> None:
     """Evaluate models x probe resolutions into OUT/results.csv, figures and provenance."""
-    from pathlib import Path
+    from lowres import sweep as S
 
+    config = _sweep_config(ctx, opts)
+    try:
+        result = S.run_sweep(config)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted: finished cells are kept in {opts['out']}/cells; rerun the same "
+            "command to resume",
+            err=True,
+        )
+        sys.exit(130)
+    _echo_sweep(result, config, opts["save_baseline"])
+
+
+def _parsed(ctx, name, fn, *args):
+    """``fn(*args)``, a bad value reported as click's usage error naming option ``name``."""
+    from lowres.errors import ConfigError
+
+    try:
+        return fn(*args)
+    except (ConfigError, ValueError) as exc:
+        raise _bad(ctx, name, exc) from None
+
+
+def _sweep_grid(ctx, opts) -> dict:
+    """--scales/--sizes, --far, --critical and --shard, parsed and checked."""
     from lowres import shards
     from lowres import sweep as S
-    from lowres.errors import CheckpointError, ConfigError
 
-    def parsed(name, fn, *args):
-        try:
-            return fn(*args)
-        except (ConfigError, ValueError) as exc:
-            raise _bad(ctx, name, exc) from None
-
+    scales, sizes = opts["scales"], opts["sizes"]
     if scales is not None and sizes is not None:
         raise click.UsageError("give --scales or --sizes, not both")
     scale_values = (
-        parsed("scales", S.parse_float_list, scales, "--scales") if scales is not None else None
+        _parsed(ctx, "scales", S.parse_float_list, scales, "--scales")
+        if scales is not None
+        else None
     )
     if scale_values is not None:
-        parsed("scales", S.validate_scales, scale_values)
+        _parsed(ctx, "scales", S.validate_scales, scale_values)
     size_values = None
     if sizes is not None:
-        size_values = parsed("sizes", S.parse_int_list, sizes, "--sizes")
+        size_values = _parsed(ctx, "sizes", S.parse_int_list, sizes, "--sizes")
         if 0 in size_values:
             raise _bad(ctx, "sizes", ValueError("sizes must be >= 1 pixel"))
-    far_values = parsed("fars", S.parse_float_list, fars, "--far")
-    parsed("fars", S.validate_fars, far_values)
+    far_values = _parsed(ctx, "fars", S.parse_float_list, opts["fars"], "--far")
+    _parsed(ctx, "fars", S.validate_fars, far_values)
     try:
-        crit_tar, crit_far = (float(v) for v in critical.split("@"))
+        crit_tar, crit_far = (float(v) for v in opts["critical"].split("@"))
     except ValueError:
         raise _bad(ctx, "critical", ValueError("use TAR@FAR, e.g. 0.5@1e-2")) from None
-    shard_value = parsed("shard", shards.parse_shard, shard) if shard is not None else None
-    if shard_value is not None and save_baseline:
+    shard = opts["shard"]
+    shard_value = _parsed(ctx, "shard", shards.parse_shard, shard) if shard is not None else None
+    if shard_value is not None and opts["save_baseline"]:
         raise click.UsageError("--save-baseline needs the whole sweep; give it to lowres merge")
+    return {
+        "scales": scale_values,
+        "sizes": size_values,
+        "fars": far_values,
+        "critical_tar": crit_tar,
+        "critical_far": crit_far,
+        "shard": shard_value,
+    }
+
+
+def _sweep_models(ctx, opts) -> dict:
+    """--models and --variant, resolved (every model checked before anything runs)."""
+    from lowres import sweep as S
+    from lowres.errors import CheckpointError, ConfigError
+
+    models = opts["models"]
     model_list = tuple(models) if models is not None else S.DEFAULT_MODELS
-    variant_pairs = [parsed("variants", S.parse_variant, v) for v in variants]
+    variant_pairs = [_parsed(ctx, "variants", S.parse_variant, v) for v in opts["variants"]]
     names = [name for name, _ in variant_pairs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -498,56 +510,59 @@ def sweep_cmd(
         S.resolve_models(model_list, variant_map)
     except (ConfigError, CheckpointError) as exc:
         raise _bad(ctx, "models", exc) from None
-    config = S.SweepConfig(
-        models=model_list,
-        scales=scale_values,
-        sizes=size_values,
-        data=S.DEFAULT_DATA if data is None else data,
-        preset=preset,
-        degrade=degrade_text,
-        pairing=pairing,
-        fars=far_values,
+    return {"models": model_list, "variants": variant_map}
+
+
+def _sweep_config(ctx, opts):
+    """The SweepConfig of ``lowres sweep``'s options, every value checked."""
+    from pathlib import Path
+
+    from lowres import sweep as S
+
+    grid = _sweep_grid(ctx, opts)
+    models = _sweep_models(ctx, opts)
+    folds = opts["folds"]
+    return S.SweepConfig(
+        **models,
+        **grid,
+        data=S.DEFAULT_DATA if opts["data"] is None else opts["data"],
+        preset=opts["preset"],
+        degrade=opts["degrade_text"],
+        pairing=opts["pairing"],
         folds=(
-            parsed("folds", S.parse_int_list, folds, "--folds")
+            _parsed(ctx, "folds", S.parse_int_list, folds, "--folds")
             if folds is not None
             else S.DEFAULT_FOLDS
         ),
-        seeds=parsed("seeds", S.parse_int_list, seeds, "--seeds"),
-        device=device,
-        batch_size=batch_size,
-        out=Path(out),
-        force=force,
-        epochs=epochs,
-        backbone=backbone,
-        train_data=train_data,
-        variants=variant_map,
-        model_cache=Path(model_cache) if model_cache else None,
-        critical_tar=crit_tar,
-        critical_far=crit_far,
-        plot=not no_plot,
-        save_baseline=Path(save_baseline) if save_baseline else None,
-        jobs=jobs,
-        shard=shard_value,
+        seeds=_parsed(ctx, "seeds", S.parse_int_list, opts["seeds"], "--seeds"),
+        device=opts["device"],
+        batch_size=opts["batch_size"],
+        out=Path(opts["out"]),
+        force=opts["force"],
+        epochs=opts["epochs"],
+        backbone=opts["backbone"],
+        train_data=opts["train_data"],
+        model_cache=Path(opts["model_cache"]) if opts["model_cache"] else None,
+        plot=not opts["no_plot"],
+        save_baseline=Path(opts["save_baseline"]) if opts["save_baseline"] else None,
+        jobs=opts["jobs"],
     )
-    try:
-        result = S.run_sweep(config)
-    except KeyboardInterrupt:
-        click.echo(
-            f"\ninterrupted: finished cells are kept in {out}/cells; rerun the same command "
-            "to resume",
-            err=True,
-        )
-        sys.exit(130)
+
+
+def _echo_sweep(result, config, save_baseline) -> None:
+    """The sweep's summary table and timings (a shard: what it did and how to merge)."""
+    from lowres import sweep as S
+
     t = result.timings
-    if shard_value is not None:
-        i, n = shard_value
+    if config.shard is not None:
+        i, n = config.shard
         click.echo(
             f"shard {i}/{n}: {result.computed} cells computed, {result.reused} reused in "
             f"{t['total']:.1f} s into {result.out}; when every shard is done, join them with "
             f"`lowres merge OUT SHARD_DIR...`"
         )
         return
-    crit = {"tar": crit_tar, "far": crit_far}
+    crit = {"tar": config.critical_tar, "far": config.critical_far}
     click.echo(S.format_summary(result.table, 1e-2, crit))
     click.echo(
         f"\n{result.computed} cells computed, {result.reused} reused in {t['total']:.1f} s "

@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from lowres.errors import ConfigError
+from lowres.rng import M32, hash32
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -429,31 +430,15 @@ def resample(
 # ---------------------------------------------------------------------------------------------
 # Counter-based Gaussian noise: a function of (seed, image index, element index) only.
 
-_M32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    # (x * c) mod 2**32 for 0 <= x < 2**32 without int64 overflow: split c into 16-bit halves.
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    # "lowbias32" (C. Wellons): full-avalanche 32-bit integer hash.
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
 
 def _hash_int(value: int) -> int:
-    return int(_hash32(torch.tensor([value & _M32], dtype=torch.int64)).item())
+    return int(hash32(torch.tensor([value & M32], dtype=torch.int64)).item())
 
 
 @lru_cache(maxsize=16)
 def _element_hashes(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     element = torch.arange(n, device=device, dtype=torch.int64)
-    return _hash32(2 * element), _hash32(2 * element + 1)
+    return hash32(2 * element), hash32(2 * element + 1)
 
 
 def gaussian_noise(
@@ -474,13 +459,13 @@ def gaussian_noise(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
     seed, index_offset = int(seed), int(index_offset)
-    key = _hash_int(_hash_int(seed) ^ ((seed >> 32) & _M32))
+    key = _hash_int(_hash_int(seed) ^ ((seed >> 32) & M32))
     per_image = math.prod(shape[1:])
     images = torch.arange(shape[0], device=device, dtype=torch.int64) + index_offset
-    image_key = _hash32((_hash32(images & _M32) ^ key) & _M32)[:, None]
+    image_key = hash32((hash32(images & M32) ^ key) & M32)[:, None]
     even, odd = _element_hashes(per_image, str(device or "cpu"))
-    u1 = _hash32(image_key ^ even)
-    u2 = _hash32(image_key ^ odd)
+    u1 = hash32(image_key ^ even)
+    u2 = hash32(image_key ^ odd)
     # 24-bit uniforms in (0, 1): exact in float32, never 0 (log) or 1.
     u1 = ((u1 >> 8).to(torch.float32) + 0.5) / 16777216.0
     u2 = ((u2 >> 8).to(torch.float32) + 0.5) / 16777216.0

@@ -118,9 +118,14 @@ def shard_bounds(batch: int, world: World) -> tuple[int, int]:
     return world.rank * per, (world.rank + 1) * per
 
 
+def is_distributed() -> bool:
+    """Whether this process is one of several in an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce_sum(t: Tensor) -> Tensor:
     """Sum of ``t`` over all processes (a new tensor; ``t`` itself when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not is_distributed():
         return t
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -161,6 +162,34 @@ def _features(model: nn.Module, x: torch.Tensor, flip: str, amp: bool) -> tuple:
     return plain, norms
 
 
+def _check_embed_args(images: Any, models: Any, batch_size: Any) -> None:
+    """:func:`embed_many`'s inputs: a uint8 (N, 1|3, H, W) tensor, a positive batch size and a
+    non-empty dict name -> (module with ``.embed``, InputAdapter)."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        got = (
+            f"{images.dtype} {tuple(images.shape)}"
+            if isinstance(images, torch.Tensor)
+            else type(images).__name__
+        )
+        raise DataError(f"images must be a uint8 (N, C, H, W) tensor decoded once, got {got}")
+    if images.shape[1] not in (1, 3):
+        raise DataError(f"images must have 1 (grey) or 3 (RGB) channels, got {images.shape[1]}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(models, dict) or not models:
+        raise ConfigError("models must be a non-empty dict name -> (module, InputAdapter)")
+    for name, entry in models.items():
+        if (
+            not isinstance(entry, tuple)
+            or len(entry) != 2
+            or not callable(getattr(entry[0], "embed", None))
+            or not isinstance(entry[1], InputAdapter)
+        ):
+            raise ConfigError(
+                f"models[{name!r}] must be (module with .embed, InputAdapter), got {entry!r:.80}"
+            )
+
+
 def embed_many(
     images: torch.Tensor,
     models: dict[str, tuple[nn.Module, InputAdapter]],
@@ -195,29 +224,7 @@ def embed_many(
         DataError: images not a uint8 (N, 1|3, H, W) tensor.
         ConfigError: bad scale/size/spec/device/batch size/models.
     """
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-        got = (
-            f"{images.dtype} {tuple(images.shape)}"
-            if isinstance(images, torch.Tensor)
-            else type(images).__name__
-        )
-        raise DataError(f"images must be a uint8 (N, C, H, W) tensor decoded once, got {got}")
-    if images.shape[1] not in (1, 3):
-        raise DataError(f"images must have 1 (grey) or 3 (RGB) channels, got {images.shape[1]}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(models, dict) or not models:
-        raise ConfigError("models must be a non-empty dict name -> (module, InputAdapter)")
-    for name, entry in models.items():
-        if (
-            not isinstance(entry, tuple)
-            or len(entry) != 2
-            or not callable(getattr(entry[0], "embed", None))
-            or not isinstance(entry[1], InputAdapter)
-        ):
-            raise ConfigError(
-                f"models[{name!r}] must be (module with .embed, InputAdapter), got {entry!r:.80}"
-            )
+    _check_embed_args(images, models, batch_size)
     spec = _degrade.parse_degrade(spec)
     if size_px is not None:
         scale = None

@@ -68,8 +68,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowres.checkpoint import load_checkpoint
 from lowres.embed import InputAdapter
 from lowres.errors import CheckpointError, ConfigError
+from lowres.files import atomic_write_bytes, atomic_write_text, check_writable, sha256_file
 
 __all__ = [
     "FORMATS",
@@ -305,7 +307,6 @@ def parse_external(text: str) -> ExternalSpec:
 
 def model_hash(spec: ExternalSpec) -> str:
     """Cache identity: sha256 of (format, the file's sha256, the adapter fields), 16 hex."""
-    from lowres.checkpoint import sha256_file
 
     payload = {
         "format": spec.format,
@@ -549,8 +550,6 @@ def export_torchscript(ckpt: str | os.PathLike, out: str | os.PathLike) -> tuple
         CheckpointError: not a valid lowres checkpoint, or the trace disagrees with the model.
         ConfigError: ``out`` is a folder, names an ONNX file, or cannot be written.
     """
-    from lowres.atomic import atomic_write_bytes, atomic_write_text, check_writable
-    from lowres.checkpoint import load_checkpoint
 
     out = Path(out).expanduser()
     if out.is_dir():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from lowres.errors import ConfigError
+from lowres.losses import HEADS, REGULARISERS, MethodLoss
 
 __all__ = [
     "VALID_FORMS",
@@ -34,12 +35,15 @@ __all__ = [
 ]
 
 VALID_FORMS = (
-    "SM, SF, SF(m), l2-SM(alpha), CosFace, CosFace(s,m), ArcFace, ArcFace(s,m), each optionally "
-    "followed by +R(lambda) and/or +CL or +CL(lambda_c), e.g. SF+R(0.01), l2-SM(30), SM+CL"
+    ", ".join(form for head in HEADS.values() for form in head.FORMS)
+    + ", each optionally followed by "
+    + " and/or ".join(" or ".join(f"+{f}" for f in reg.FORMS) for reg in REGULARISERS.values())
+    + ", e.g. SF+R(0.01), l2-SM(30), SM+CL"
 )
+"""The one-line help of a bad method name, from the registries of :mod:`lowres.losses`."""
 
-_HEADS = {"sm": "SM", "sf": "SF", "l2-sm": "l2-SM", "cosface": "CosFace", "arcface": "ArcFace"}
-_AUX = {"r": "R", "cl": "CL"}
+_HEADS = {name.lower(): name for name in HEADS}
+_AUX = {name.lower(): name for name in REGULARISERS}
 
 _PAPER_METHODS = (
     "SM",
@@ -115,29 +119,11 @@ class MethodSpec:
         object.__setattr__(self, "aux", tuple(aux))
 
     def _check_head_args(self, text: str) -> list:
-        args = list(self.head_args)
-        if self.head == "SM" and args:
-            raise _bad(text, "SM takes no arguments")
-        if self.head == "l2-SM":
-            if len(args) != 1:
-                raise _bad(text, "l2-SM needs exactly one alpha, e.g. l2-SM(30)")
-            return [_positive(text, "l2-SM alpha", args[0])]
-        if self.head == "SF" and args:
-            if len(args) != 1 or isinstance(args[0], bool) or float(args[0]) != int(args[0]):
-                raise _bad(text, "SF takes one integer margin, e.g. SF(4)")
-            if int(args[0]) < 1:
-                raise _bad(text, f"SF margin must be >= 1, got {args[0]}")
-            return [int(args[0])]
-        if self.head in ("CosFace", "ArcFace") and args:
-            if len(args) != 2:
-                raise _bad(text, f"{self.head} takes (s,m), e.g. {self.head}(64,0.5)")
-            s = _positive(text, f"{self.head} scale s", args[0])
-            m = float(args[1])
-            limit = 1.0 if self.head == "CosFace" else math.pi / 2
-            if not 0.0 <= m < limit:
-                raise _bad(text, f"{self.head} margin m must be in [0, {limit:.4g}), got {m!r}")
-            return [s, m]
-        return args
+        return HEADS[self.head].check_args(
+            list(self.head_args),
+            lambda why: _bad(text, why),
+            lambda what, value: _positive(text, what, value),
+        )
 
     def _render(self) -> str:
         def args(values) -> str:
@@ -157,6 +143,17 @@ class MethodSpec:
     def ring_weight(self) -> float | None:
         """Ring loss lambda, or None without ``+R``."""
         return dict(self.aux).get("R")
+
+    def without_ring(self) -> MethodSpec:
+        """This method without its Ring-loss term: the base loss its Ring margin is taken
+        against (``SF+R(0.01)`` -> ``SF``; a method without ``+R`` is returned as it is).
+
+        >>> str(parse_method("SM+R(0.01)+CL").without_ring())
+        'SM+CL'
+        """
+        if self.ring_weight is None:
+            return self
+        return MethodSpec(self.head, self.head_args, tuple(a for a in self.aux if a[0] != "R"))
 
     @property
     def has_center(self) -> bool:
@@ -224,10 +221,11 @@ def parse_method(text: str) -> MethodSpec:
         canonical = _AUX.get(name.lower())
         if canonical is None:
             raise _bad(text, f"unknown auxiliary loss {name!r}")
-        if canonical == "R" and len(values) != 1:
-            raise _bad(text, "R needs exactly one weight, e.g. +R(0.01)")
-        if canonical == "CL" and len(values) > 1:
-            raise _bad(text, "CL takes at most one weight, e.g. +CL or +CL(0.003)")
+        reg = REGULARISERS[canonical]
+        if reg.WEIGHT_REQUIRED and len(values) != 1:
+            raise _bad(text, f"{canonical} needs exactly one weight, e.g. {reg.EXAMPLE}")
+        if not reg.WEIGHT_REQUIRED and len(values) > 1:
+            raise _bad(text, f"{canonical} takes at most one weight, e.g. {reg.EXAMPLE}")
         aux.append((canonical, values[0] if values else None))
     # ints where floats are meant (l2-SM(30), R(1)) become floats; SF keeps its integer margin.
     if head != "SF":
@@ -272,17 +270,6 @@ def build_loss(
     """
     import torch
 
-    from lowres.losses import (
-        ArcFaceHead,
-        CenterLoss,
-        CosFaceHead,
-        L2SoftmaxHead,
-        MethodLoss,
-        RingLoss,
-        SoftmaxHead,
-        SphereFaceHead,
-    )
-
     if isinstance(spec, str):
         spec = parse_method(spec)
     if not isinstance(spec, MethodSpec):
@@ -290,25 +277,23 @@ def build_loss(
             f"build_loss needs a MethodSpec or a method name, got {type(spec).__name__}"
         )
 
+    options = {
+        "ring_init": ring_init,
+        "ring_lr_mult": ring_lr_mult,
+        "center_alpha": center_alpha,
+        "center_weight": center_weight,
+        "l2_learnable": l2_learnable,
+    }
+
     def make():
-        args = spec.head_args
-        if spec.head == "SM":
-            head = SoftmaxHead(embed_dim, num_classes)
-        elif spec.head == "l2-SM":
-            head = L2SoftmaxHead(embed_dim, num_classes, alpha=args[0], learnable=l2_learnable)
-        elif spec.head == "SF":
-            head = SphereFaceHead(embed_dim, num_classes, *args)
-        elif spec.head == "CosFace":
-            head = CosFaceHead(embed_dim, num_classes, *args)
-        else:
-            head = ArcFaceHead(embed_dim, num_classes, *args)
-        aux = dict(spec.aux)
-        ring = RingLoss(aux["R"], init=ring_init, lr_mult=ring_lr_mult) if "R" in aux else None
-        center = None
-        if "CL" in aux:
-            weight = center_weight if aux["CL"] is None else aux["CL"]
-            center = CenterLoss(num_classes, embed_dim, weight=weight, alpha=center_alpha)
-        return MethodLoss(head, ring=ring, center=center, name=str(spec))
+        head = HEADS[spec.head].from_notation(embed_dim, num_classes, spec.head_args, **options)
+        weights = dict(spec.aux)
+        regs = tuple(
+            reg.from_notation(weights[name], embed_dim, num_classes, **options)
+            for name, reg in REGULARISERS.items()
+            if name in weights
+        )
+        return MethodLoss(head, name=str(spec), regularisers=regs)
 
     if seed is None:
         return make()

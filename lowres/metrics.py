@@ -818,6 +818,49 @@ def _impostor_counts_streaming(
     return np.cumsum(lt)[:-1], np.cumsum(le)[:-1]
 
 
+def _gallery_and_probe(features, probe_features, normalize: bool, device):
+    """(gallery, probe, dtype): the features as tensors of one promoted dtype on the compute
+    device, L2-normalised for cosine; probe is the gallery itself without ``probe_features``."""
+    gallery = _features(features, "features", device)
+    if probe_features is None:
+        probe = gallery
+    else:
+        probe = _features(probe_features, "probe_features", gallery.device)
+        if probe.shape != gallery.shape:
+            raise ConfigError(
+                f"probe_features shape {tuple(probe.shape)} differs from features "
+                f"{tuple(gallery.shape)}; they must be the same images"
+            )
+    dtype = torch.promote_types(gallery.dtype, probe.dtype)
+    gallery, probe = gallery.to(dtype), probe.to(dtype)
+    if normalize:
+        gallery = _normalized(gallery, "features")
+        probe = gallery if probe_features is None else _normalized(probe, "probe_features")
+    return gallery, probe, dtype
+
+
+def _all_vs_all_counts(lab: torch.Tensor, n: int) -> tuple[int, int]:
+    """(genuine, impostor) pair counts of all-vs-all over ``n`` labelled images; both > 0."""
+    _, per_id = torch.unique(lab, return_counts=True)
+    n_genuine = int((per_id * (per_id - 1) // 2).sum())
+    n_impostor = n * (n - 1) // 2 - n_genuine
+    if n_genuine == 0:
+        raise ConfigError("no identity has two images; all-vs-all needs genuine pairs")
+    if n_impostor == 0:
+        raise ConfigError("all images share one identity; all-vs-all needs impostor pairs")
+    return n_genuine, n_impostor
+
+
+def _histogram_edges(bins: int, value_range: tuple[float, float]) -> np.ndarray | None:
+    """``bins + 1`` equal-width edges over ``value_range``, or None for no histogram."""
+    if bins < 0:
+        raise ConfigError(f"histogram_bins must be >= 0, got {bins}")
+    lo, hi = (float(v) for v in value_range)
+    if bins and not lo < hi:
+        raise ConfigError(f"histogram_range must be (low, high) with low < high, got {value_range}")
+    return np.linspace(lo, hi, bins + 1) if bins else None
+
+
 def all_vs_all_verification(
     features: ArrayLike,
     labels: ArrayLike,
@@ -872,41 +915,12 @@ def all_vs_all_verification(
     if int(block) < 1:
         raise ConfigError(f"block must be a positive integer, got {block!r}")
     block = int(block)
-    gallery = _features(features, "features", device)
+    gallery, probe, dtype = _gallery_and_probe(features, probe_features, normalize, device)
     n = gallery.shape[0]
     lab = _labels(labels, n, "labels", gallery.device)
-    if probe_features is None:
-        probe = gallery
-    else:
-        probe = _features(probe_features, "probe_features", gallery.device)
-        if probe.shape != gallery.shape:
-            raise ConfigError(
-                f"probe_features shape {tuple(probe.shape)} differs from features "
-                f"{tuple(gallery.shape)}; they must be the same images"
-            )
-    dtype = torch.promote_types(gallery.dtype, probe.dtype)
-    gallery, probe = gallery.to(dtype), probe.to(dtype)
-    if normalize:
-        gallery = _normalized(gallery, "features")
-        probe = gallery if probe_features is None else _normalized(probe, "probe_features")
-
-    _, per_id = torch.unique(lab, return_counts=True)
-    n_genuine = int((per_id * (per_id - 1) // 2).sum())
-    n_impostor = n * (n - 1) // 2 - n_genuine
-    if n_genuine == 0:
-        raise ConfigError("no identity has two images; all-vs-all needs genuine pairs")
-    if n_impostor == 0:
-        raise ConfigError("all images share one identity; all-vs-all needs impostor pairs")
+    n_genuine, n_impostor = _all_vs_all_counts(lab, n)
     k = _allowed_impostors(max(far_list), n_impostor) + 1
-
-    if histogram_bins < 0:
-        raise ConfigError(f"histogram_bins must be >= 0, got {histogram_bins}")
-    lo, hi = (float(v) for v in histogram_range)
-    if histogram_bins and not lo < hi:
-        raise ConfigError(
-            f"histogram_range must be (low, high) with low < high, got {histogram_range}"
-        )
-    edges = np.linspace(lo, hi, histogram_bins + 1) if histogram_bins else None
+    edges = _histogram_edges(histogram_bins, histogram_range)
     acc = _Accumulator(k, edges, gallery.device)
     for sim, same, upper in _pair_blocks(gallery, probe, lab, block):
         acc.add(sim, same, upper)

@@ -37,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lowres.atomic import atomic_write_bytes
 from lowres.errors import ResultsError
+from lowres.files import atomic_write_bytes, atomic_write_text
+from lowres.methods import parse_method
 from lowres.results import PIXELS, primary_rows, read_table
 from lowres.training_logs import TRAINING_FILE, read_training
 
@@ -65,16 +66,10 @@ def _family(method: str, model: str | None = None) -> tuple[str, bool]:
     if model is not None and model != method and model.startswith(method):
         suffix = model[len(method) :]
     try:
-        from lowres.methods import parse_method
-
         spec = parse_method(method)
     except Exception:  # a checkpoint from another version: style it on its own
         return method, False
-    ring = dict(spec.aux).get("R") is not None
-    base = spec.__class__(
-        head=spec.head, head_args=spec.head_args, aux=tuple(a for a in spec.aux if a[0] != "R")
-    )
-    return str(base) + suffix, ring
+    return str(spec.without_ring()) + suffix, spec.ring_weight is not None
 
 
 def _shade(rgb: Sequence[float], lightness: float) -> tuple[float, float, float]:
@@ -146,7 +141,8 @@ def _figure(ncols: int, nrows: int = 1, *, panel=(4.2, 3.4), extra_w: float = 2.
     return fig, axes
 
 
-def _log2_size_axis(ax, sizes: Sequence[int]) -> None:
+def log2_size_axis(ax, sizes: Sequence[int]) -> None:
+    """Log2 x axis ticked at the probe widths ``sizes`` (pixels), largest on the left."""
     from matplotlib.ticker import FixedLocator, NullLocator
 
     sizes = sorted({int(s) for s in sizes})
@@ -159,7 +155,8 @@ def _log2_size_axis(ax, sizes: Sequence[int]) -> None:
     ax.set_xlabel(X_LABEL)
 
 
-def _legend(fig, axes, styles: dict[str, dict], title: str = "model") -> None:
+def model_legend(fig, axes, styles: dict[str, dict], title: str = "model") -> None:
+    """One legend for the figure, right of the panels, one entry per styled model."""
     from matplotlib.lines import Line2D
 
     names = sorted(styles, key=lambda m: styles[m]["order"])
@@ -177,7 +174,8 @@ def _legend(fig, axes, styles: dict[str, dict], title: str = "model") -> None:
     fig.legend(handles, names, title=title, loc="outside right upper", frameon=False)
 
 
-def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.pdf`` into ``out_dir`` (atomically); their paths."""
     paths = []
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
@@ -199,7 +197,12 @@ def _caption(prim: pd.DataFrame) -> str:
     return "\n".join(textwrap.wrap("   ".join(parts), 80))
 
 
-def _fmt_far(far: float) -> str:
+def fmt_far(far: float) -> str:
+    """A FAR as a label: ``1e-2`` for powers of ten, else ``%g``.
+
+    >>> fmt_far(0.01), fmt_far(0.05)
+    ('1e-2', '0.05')
+    """
     exp = math.log10(far)
     return f"1e{round(exp)}" if math.isclose(exp, round(exp)) else f"{far:g}"
 
@@ -224,10 +227,10 @@ def draw_curves(ax, rows: pd.DataFrame, styles: dict[str, dict]) -> None:
             linewidth=0,
             zorder=st["zorder"] - 1,
         )
-        _model_line(ax, x, g["value"], st)
+        model_line(ax, x, g["value"], st)
 
 
-def _model_line(ax, x, y, st: dict) -> None:
+def model_line(ax, x, y, st: dict) -> None:
     """A model's line in its style (colour, dash, marker, z-order)."""
     ax.plot(
         x,
@@ -256,14 +259,14 @@ def figure_tar_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
         draw_curves(ax, sub, styles)
         n_imp = int(sub["n_impostor"].max()) if sub["n_impostor"].notna().any() else 0
         flagged = bool(sub["flagged"].fillna(False).any())
-        title = f"FAR = {_fmt_far(far)}"
+        title = f"FAR = {fmt_far(far)}"
         if flagged:
             title += f"  (below 1/{n_imp} impostors: FAR-0 point)"
         ax.set_title(title, fontsize=10)
-        _log2_size_axis(ax, sizes)
+        log2_size_axis(ax, sizes)
         ax.set_ylim(-0.02, 1.02)
     axes[0][0].set_ylabel("verification rate (TAR)")
-    _legend(fig, axes, styles)
+    model_legend(fig, axes, styles)
     fig.suptitle(
         "Verification rate vs probe resolution\n(bands: "
         + (
@@ -310,7 +313,7 @@ def figure_roc(roc: pd.DataFrame, styles: dict[str, dict], caption: str = ""):
             ax.set_xlabel("false accept rate (FAR, log)")
         if i % ncols == 0:
             ax.set_ylabel("true accept rate (TAR)")
-    _legend(fig, axes, styles)
+    model_legend(fig, axes, styles)
     fig.suptitle("ROC per probe resolution\n" + caption, fontsize=10)
     return fig
 
@@ -384,11 +387,11 @@ def figure_genuine_cosine(prim: pd.DataFrame, styles: dict[str, dict]):
     ax = axes[0][0]
     for model, g in gen.groupby("model"):
         g = g.sort_values("size_px")
-        _model_line(ax, g["size_px"].to_numpy(float), g["value"], styles[model])
-    _log2_size_axis(ax, gen["size_px"].dropna().astype(int).unique())
+        model_line(ax, g["size_px"].to_numpy(float), g["value"], styles[model])
+    log2_size_axis(ax, gen["size_px"].dropna().astype(int).unique())
     ax.set_ylabel("mean cosine of genuine pairs")
     ax.grid(True, alpha=0.3)
-    _legend(fig, axes, styles)
+    model_legend(fig, axes, styles)
     fig.suptitle("Genuine-pair similarity vs probe resolution\n" + _caption(prim), fontsize=10)
     return fig
 
@@ -416,8 +419,8 @@ def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict]):
             )
             labels[model] = f"{model} - {g['reference'].iloc[0]}"
         ax.axhline(0.0, color="black", linewidth=0.9)
-        ax.set_title(f"FAR = {_fmt_far(far)}", fontsize=10)
-        _log2_size_axis(ax, margin["size_px"].dropna().astype(int).unique())
+        ax.set_title(f"FAR = {fmt_far(far)}", fontsize=10)
+        log2_size_axis(ax, margin["size_px"].dropna().astype(int).unique())
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("TAR difference (+R minus base)")
     from matplotlib.lines import Line2D
@@ -529,7 +532,7 @@ def figure_scores(scores: pd.DataFrame, prim: pd.DataFrame, styles: dict[str, di
                 [],
                 color="black",
                 linestyle="--",
-                label=f"threshold set on clean\npairs at FAR {_fmt_far(far)}",
+                label=f"threshold set on clean\npairs at FAR {fmt_far(far)}",
             )
         )
     fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=8)
@@ -568,12 +571,12 @@ def figure_training(training: pd.DataFrame, styles: dict[str, dict]):
     for ax, (col, label) in zip(axes, panels, strict=True):
         mean = training.groupby(["model", "epoch"], sort=True)[col].mean().reset_index()
         for model, g in mean.groupby("model", sort=True):
-            _model_line(ax, g["epoch"].to_numpy(float), g[col].to_numpy(float), styles[model])
+            model_line(ax, g["epoch"].to_numpy(float), g[col].to_numpy(float), styles[model])
         ax.set_xlabel("epoch")
         ax.set_title(label, fontsize=10)
         if col != "loss":
             ax.set_ylim(0, 1.02)
-    _legend(fig, axes, {m: styles[m] for m in sorted(training["model"].unique())})
+    model_legend(fig, axes, {m: styles[m] for m in sorted(training["model"].unique())})
     n_runs = training.groupby(["model"])[["fold", "seed"]].apply(lambda g: len(g.drop_duplicates()))
     fig.suptitle(
         "Training curves from each model's log (mean over "
@@ -618,7 +621,7 @@ def plot_tables(
             figures.append(("training", figure_training(training, styles)))
         for stem, fig in figures:
             if fig is not None:
-                written += _save(fig, out_dir, stem)
+                written += save_figure(fig, out_dir, stem)
     return written
 
 
@@ -673,7 +676,6 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
     )
     training = read_training(run_dir / TRAINING_FILE)
     written = plot_tables(table, out_dir, roc=roc, norms=norms, scores=scores, training=training)
-    from lowres.atomic import atomic_write_text
 
     atomic_write_text(digest_path, digest.hexdigest())
     return written

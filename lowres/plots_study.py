@@ -23,8 +23,17 @@ import numpy as np
 import pandas as pd
 
 from lowres.errors import ResultsError
-from lowres.plots import X_LABEL, _log2_size_axis, _save, model_styles
-from lowres.results import PIXELS
+from lowres.plots import (
+    X_LABEL,
+    draw_curves,
+    fmt_far,
+    log2_size_axis,
+    model_legend,
+    model_line,
+    model_styles,
+    save_figure,
+)
+from lowres.results import PIXELS, primary_rows
 
 __all__ = ["figure_features2d", "figure_norm_angle", "figure_runs"]
 
@@ -112,7 +121,62 @@ def figure_features2d(
         f"{min(max_points, n_test)} drawn per panel)",
         fontsize=10,
     )
-    return _save(fig, Path(out_dir), "features2d")
+    return save_figure(fig, Path(out_dir), "features2d")
+
+
+def _norm_panels(m: str, st: dict, norms, per_scale, angles, axes) -> None:
+    """Model ``m``'s curves in the norm_angle figure's three panels: (a) its relative norm's
+    median and quartiles per width, (b) its mean angle and quartiles per width, (c) its probes'
+    angle against norm with the median per norm decile."""
+    ax_norm, ax_angle, ax_scatter = axes
+    g = norms[norms["model"] == m].groupby("size_px")["norm_rel"]
+    med, q1, q3 = g.median(), g.quantile(0.25), g.quantile(0.75)
+    ax_norm.plot(
+        med.index,
+        med.values,
+        color=st["color"],
+        ls=st["linestyle"],
+        marker=st["marker"],
+        lw=2,
+        zorder=st["zorder"],
+    )
+    ax_norm.fill_between(med.index, q1.values, q3.values, color=st["color"], alpha=0.15)
+    p = per_scale[per_scale["model"] == m].sort_values("size_px")
+    ax_angle.plot(
+        p["size_px"],
+        p["angle_mean"],
+        color=st["color"],
+        ls=st["linestyle"],
+        marker=st["marker"],
+        lw=2,
+        zorder=st["zorder"],
+    )
+    ax_angle.fill_between(
+        p["size_px"], p["angle_q25"], p["angle_q75"], color=st["color"], alpha=0.15
+    )
+    a = angles[(angles["model"] == m)].dropna(subset=["angle_deg"])
+    ax_scatter.scatter(
+        a["norm_rel"],
+        a["angle_deg"],
+        s=3,
+        alpha=0.25,
+        color=st["color"],
+        linewidths=0,
+        rasterized=True,
+    )
+    if len(a) >= 20:
+        edges = np.quantile(a["norm_rel"], np.linspace(0, 1, 11))
+        bins = np.clip(np.searchsorted(edges, a["norm_rel"], side="right") - 1, 0, 9)
+        centre = a.groupby(bins)["norm_rel"].median()
+        angle = a.groupby(bins)["angle_deg"].median()
+        ax_scatter.plot(
+            centre.values,
+            angle.values,
+            color=st["color"],
+            ls=st["linestyle"],
+            lw=2.2,
+            zorder=st["zorder"],
+        )
 
 
 def figure_norm_angle(
@@ -134,7 +198,6 @@ def figure_norm_angle(
     """
     import seaborn as sns
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     norms = pd.read_csv(norms_csv)
     norms = norms[norms["model"] != PIXELS]
@@ -147,58 +210,10 @@ def figure_norm_angle(
         fig = Figure(figsize=(15.5, 4.2), layout="constrained")
         ax_norm, ax_angle, ax_scatter = fig.subplots(1, 3)
         for m in models:
-            st = styles[m]
-            g = norms[norms["model"] == m].groupby("size_px")["norm_rel"]
-            med, q1, q3 = g.median(), g.quantile(0.25), g.quantile(0.75)
-            ax_norm.plot(
-                med.index,
-                med.values,
-                color=st["color"],
-                ls=st["linestyle"],
-                marker=st["marker"],
-                lw=2,
-                zorder=st["zorder"],
-            )
-            ax_norm.fill_between(med.index, q1.values, q3.values, color=st["color"], alpha=0.15)
-            p = per_scale[per_scale["model"] == m].sort_values("size_px")
-            ax_angle.plot(
-                p["size_px"],
-                p["angle_mean"],
-                color=st["color"],
-                ls=st["linestyle"],
-                marker=st["marker"],
-                lw=2,
-                zorder=st["zorder"],
-            )
-            ax_angle.fill_between(
-                p["size_px"], p["angle_q25"], p["angle_q75"], color=st["color"], alpha=0.15
-            )
-            a = angles[(angles["model"] == m)].dropna(subset=["angle_deg"])
-            ax_scatter.scatter(
-                a["norm_rel"],
-                a["angle_deg"],
-                s=3,
-                alpha=0.25,
-                color=st["color"],
-                linewidths=0,
-                rasterized=True,
-            )
-            if len(a) >= 20:
-                edges = np.quantile(a["norm_rel"], np.linspace(0, 1, 11))
-                bins = np.clip(np.searchsorted(edges, a["norm_rel"], side="right") - 1, 0, 9)
-                centre = a.groupby(bins)["norm_rel"].median()
-                angle = a.groupby(bins)["angle_deg"].median()
-                ax_scatter.plot(
-                    centre.values,
-                    angle.values,
-                    color=st["color"],
-                    ls=st["linestyle"],
-                    lw=2.2,
-                    zorder=st["zorder"],
-                )
+            _norm_panels(m, styles[m], norms, per_scale, angles, (ax_norm, ax_angle, ax_scatter))
         ax_norm.axhline(1.0, color="0.3", lw=0.8, ls=":")
         for ax in (ax_norm, ax_angle):
-            _log2_size_axis(ax, sizes)
+            log2_size_axis(ax, sizes)
         ax_norm.set_xlabel(X_LABEL)
         ax_norm.set_ylabel("feature norm / mean clean norm")
         ax_norm.set_title("(a) feature norm vs resolution\n(median, quartile band)", fontsize=10)
@@ -211,25 +226,14 @@ def figure_norm_angle(
         ax_scatter.set_title(
             "(c) angle vs norm, every probe\n(line: median per norm decile)", fontsize=10
         )
-        handles = [
-            Line2D(
-                [],
-                [],
-                color=styles[m]["color"],
-                ls=styles[m]["linestyle"],
-                marker=styles[m]["marker"],
-                lw=2,
-            )
-            for m in models
-        ]
-        fig.legend(handles, models, title="model", loc="outside right upper", frameon=False)
+        model_legend(fig, (ax_norm, ax_angle, ax_scatter), styles)
         dataset = ", ".join(sorted(set(norms["dataset"].astype(str))))
         fig.suptitle(
             f"{title}: feature norm and angular spread vs probe resolution "
             f"(dataset {dataset}, clean gallery)",
             fontsize=11,
         )
-        return _save(fig, Path(out_dir), "norm_angle")
+        return save_figure(fig, Path(out_dir), "norm_angle")
 
 
 def figure_runs(
@@ -256,9 +260,6 @@ def figure_runs(
     """
     import seaborn as sns
     from matplotlib.figure import Figure
-
-    from lowres.plots import _fmt_far, _legend, draw_curves
-    from lowres.results import primary_rows
 
     parts = []
     for run in runs:
@@ -291,7 +292,7 @@ def figure_runs(
                 draw_curves(ax, sub, styles)
                 sizes = sub["size_px"].dropna().astype(int).unique()
                 if len(sizes):
-                    _log2_size_axis(ax, sizes)
+                    log2_size_axis(ax, sizes)
             axes[0][j].set_title((labels or {}).get(run, run), fontsize=9)
             axes[0][j].set_ylim(-0.02, 1.02)
             if has_margin:
@@ -299,13 +300,13 @@ def figure_runs(
                 axes[1][j].set_xlabel(X_LABEL)
             else:
                 axes[0][j].set_xlabel(X_LABEL)
-        axes[0][0].set_ylabel(f"TAR at FAR {_fmt_far(far)}")
+        axes[0][0].set_ylabel(f"TAR at FAR {fmt_far(far)}")
         if has_margin:
             axes[1][0].set_ylabel("Ring margin (+R minus base)")
-        _legend(fig, axes, styles)
+        model_legend(fig, axes, styles)
         fig.suptitle(
             (title + "\n" if title else "")
-            + f"TAR at FAR {_fmt_far(far)} vs probe width, one column per run\n"
+            + f"TAR at FAR {fmt_far(far)} vs probe width, one column per run\n"
             + "".join(f"TAR bands: 95% {b}\n" for b in sorted(bands))
             + (
                 "margin bands: 95% paired bootstrap over identities (and seeds)"
@@ -314,7 +315,7 @@ def figure_runs(
             ),
             fontsize=10,
         )
-        return _save(fig, Path(out_dir), "runs_overview")
+        return save_figure(fig, Path(out_dir), "runs_overview")
 
 
 BUDGET_LABEL = r"^(?P<method>.+)\+e(?P<epochs>\d+)$"
@@ -327,7 +328,6 @@ def budget_table(table: pd.DataFrame, far: float) -> pd.DataFrame:
 
     Columns: method, epochs, size_px, metric (``tar`` or ``ring_margin``), value, ci_low,
     ci_high. Empty when no label names a budget."""
-    from lowres.results import primary_rows
 
     prim = primary_rows(table)
     prim = prim[np.isclose(prim["far"].astype(float), far)]
@@ -393,8 +393,6 @@ def figure_budget(
     import seaborn as sns
     from matplotlib.figure import Figure
 
-    from lowres.plots import _fmt_far, _legend, _model_line
-
     frame = budget_table(table, far)
     if frame.empty:
         return []
@@ -416,7 +414,7 @@ def figure_budget(
                     ax.fill_between(
                         x, g["ci_low"], g["ci_high"], color=st["color"], alpha=0.12, linewidth=0
                     )
-                    _model_line(ax, x, g["value"].to_numpy(float), st)
+                    model_line(ax, x, g["value"].to_numpy(float), st)
                 ax.set_xscale("log", base=2)
                 ticks = sorted(frame["epochs"].unique())
                 ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -425,15 +423,15 @@ def figure_budget(
                     ax.axhline(0.0, color="black", linewidth=0.8)
             axes[0][j].set_title(f"probe {size} px wide", fontsize=9)
             axes[0][j].set_ylim(-0.02, 1.02)
-        axes[0][0].set_ylabel(f"TAR at FAR {_fmt_far(far)}")
+        axes[0][0].set_ylabel(f"TAR at FAR {fmt_far(far)}")
         if has_margin:
             axes[1][0].set_ylabel("Ring margin (+R minus base)")
-        _legend(fig, axes, styles, title="method")
+        model_legend(fig, axes, styles, title="method")
         fig.suptitle(
             (title + "\n" if title else "")
-            + f"TAR at FAR {_fmt_far(far)} and the Ring margin vs training budget\n"
+            + f"TAR at FAR {fmt_far(far)} and the Ring margin vs training budget\n"
             + "bands: 95% intervals (TAR: Clopper-Pearson or seed bootstrap; margin: paired "
             "bootstrap over identities and seeds)",
             fontsize=10,
         )
-        return _save(fig, Path(out_dir), "budget")
+        return save_figure(fig, Path(out_dir), "budget")

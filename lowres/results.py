@@ -1,4 +1,4 @@
-"""Tidy results tables: schema, atomic I/O, provenance, and summaries drawn from the table.
+"""Tidy results tables: schema, atomic I/O and checks, and summaries drawn from the table.
 
 A sweep writes one long table, ``results.csv``, with one row per
 dataset x model x scale x pairing x fold x seed x metric (x FAR where the metric has one).
@@ -53,11 +53,8 @@ so a reader (or a killed sweep) never sees half a file.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
-import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,8 +62,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lowres.atomic import atomic_write_text
+from lowres.cells import SHARD_MANIFEST, read_manifest
 from lowres.errors import ResultsError
+from lowres.files import atomic_write_text, frame_to_csv
 
 POOLED = -1
 """``fold`` value of rows computed from scores pooled over every fold of a sweep."""
@@ -237,29 +235,9 @@ def sort_table(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(order, kind="mergesort", na_position="first").reset_index(drop=True)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """JSON with sorted keys and a trailing newline, written atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json) + "\n")
-
-
-def _json(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def table_to_csv(frame: pd.DataFrame) -> str:
     """The exact CSV text lowres writes: schema order, ``repr``-exact floats, ``\\n`` ends."""
-    frame = normalise(frame)
-    return frame.to_csv(index=False, lineterminator="\n", float_format="%.17g")
+    return frame_to_csv(normalise(frame))
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -289,8 +267,6 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 def _refuse_shard(folder: Path) -> None:
     """A ``lowres sweep --shard i/n`` folder has cells but no table until the shards are merged:
     say so instead of asking for a sweep that already ran."""
-    from lowres.shards import SHARD_MANIFEST, read_manifest  # lowres.shards imports this module
-
     if (folder / SHARD_MANIFEST).is_file():
         shard = read_manifest(folder)["shard"]
         raise ResultsError(
@@ -355,42 +331,6 @@ def _check_cells(frame: pd.DataFrame, path: Path) -> None:
             f"{path} is truncated or damaged: row {row + 1} has an empty or cut {cols}, which "
             "lowres sweep always fills; regenerate it with `lowres sweep`"
         )
-
-
-def software_versions() -> dict[str, str]:
-    """Versions of the interpreter and the libraries a result depends on."""
-    import lowres
-
-    versions = {"python": platform.python_version(), "lowres": lowres.__version__}
-    for name in ("torch", "kornia", "numpy", "pandas"):
-        try:
-            module = __import__(name)
-            versions[name] = str(module.__version__)
-        except ImportError:
-            versions[name] = "not installed"
-    return versions
-
-
-def git_revision(cwd: str | os.PathLike | None = None) -> str:
-    """``git rev-parse HEAD`` of the lowres source tree (+ "-dirty"), or "unknown"."""
-    where = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
-        )
-        if head.returncode != 0:
-            return "unknown"
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        dirty = "-dirty" if status.returncode == 0 and status.stdout.strip() else ""
-        return head.stdout.strip() + dirty
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,13 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowres.atomic import atomic_write_bytes
-from lowres.cells import CELLS_DIR, cell_stem, describe_difference, read_cell
+from lowres.cells import (
+    CELLS_DIR,
+    SHARD_FORMAT,
+    SHARD_MANIFEST,
+    cell_stem,
+    describe_difference,
+    read_cell,
+    read_manifest,
+)
 from lowres.errors import ConfigError, ResultsError
-from lowres.results import PIXELS, atomic_write_json
+from lowres.files import atomic_write_bytes, atomic_write_json
+from lowres.results import PIXELS
 
-SHARD_FORMAT = "lowres-shard/1"
-SHARD_MANIFEST = "shard.json"
 RUNTIME_KEYS = frozenset(
     {
         "out",
@@ -181,23 +187,6 @@ def _cell_label(model: str, size_px: int, fold: int, seed: int) -> str:
 def _some(labels: Sequence[str], limit: int = 4) -> str:
     more = len(labels) - limit
     return ", ".join(labels[:limit]) + (f" and {more} more" if more > 0 else "")
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """A shard folder's ``shard.json``; ResultsError naming the folder if it is not one."""
-    path = folder / SHARD_MANIFEST
-    if not path.is_file():
-        raise ResultsError(
-            f"{folder} holds no {SHARD_MANIFEST}; give the --out folders of finished "
-            "`lowres sweep --shard i/n` runs"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise ResultsError(f"{path} is unreadable; rerun that shard's sweep") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != SHARD_FORMAT:
-        raise ResultsError(f"{path} is not a {SHARD_FORMAT} manifest; rerun that shard's sweep")
-    return manifest
 
 
 def _comparable(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lowres.atomic import atomic_write_text
+from lowres.files import atomic_write_csv
 
 TRAINING_FILE = "training.csv"
 KEYS = ("model", "method", "fold", "seed", "epoch")
@@ -68,7 +68,7 @@ def write_training(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     if frame.empty:
         path.unlink(missing_ok=True)
         return
-    atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n", float_format=None))
+    atomic_write_csv(path, frame, None)
 
 
 def read_training(path: str | os.PathLike) -> pd.DataFrame | None:

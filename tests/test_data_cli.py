@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from lowres.cli import cli
-from lowres.data.protocols import sha256_file
+from lowres.files import sha256_file
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,8 @@ from PIL import Image
 from lowres.data import get_split, list_datasets, load_dataset, split_dataset
 from lowres.data.manifest import expand_path, load_manifest
 from lowres.data.mnist import mnist_split
-from lowres.data.protocols import sha256_file
 from lowres.errors import DataError
+from lowres.files import sha256_file
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "data_manifests"
 

@@ -22,6 +22,8 @@ from lowres import sweep as S
 from lowres.errors import ConfigError, ResultsError
 from lowres.results import PIXELS
 
+pytestmark = pytest.mark.usefixtures("tiny_preset")
+
 SCALES = (1.0, 0.5)
 OUTPUTS = ("results.csv", "roc.csv", "norms.csv", "scores.csv")
 
@@ -35,7 +37,7 @@ def _models_in(cache: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_preset):
     """An unsharded sweep and shards 1/2 and 2/2, each shard with its own model cache."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     root = tmp_path_factory.mktemp("shard")

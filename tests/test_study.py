@@ -24,13 +24,7 @@ from lowres.errors import ConfigError, LowresError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _tiny_preset():
-    from lowres.data import synthetic
-
-    synthetic.PRESETS["tinystudy"] = synthetic.SynthPreset(40, 4, 12, 4, (28, 24), (56, 48), 1)
-    yield
-    synthetic.PRESETS.pop("tinystudy", None)
+pytestmark = pytest.mark.usefixtures("tiny_preset")
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

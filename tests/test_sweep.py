@@ -22,11 +22,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny_sweep import MODELS, PRESET_SNIPPET, cli, register_preset, tiny_config
+from tiny_sweep import MODELS, PRESET_SNIPPET, cli, tiny_config
 
 from lowres import sweep as S
 from lowres.errors import ConfigError, ResultsError
 from lowres.results import KEY_COLUMNS, read_table
+
+pytestmark = pytest.mark.usefixtures("tiny_preset")
 
 SCALES = (1.0, 0.5, 0.25)
 
@@ -44,10 +46,9 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, tiny_preset):
     """One uninterrupted sweep: (config, result, model cache)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    register_preset()
     root = tmp_path_factory.mktemp("sweep")
     cache = root / "models"
     config = _config(root / "ref", cache)
@@ -287,7 +288,6 @@ def test_a_filesystem_error_is_one_line_exit_2(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(config.out / "provenance.json"))
 
     monkeypatch.setattr(S, "run_sweep", refuse)
-    register_preset()
     result = cli(["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM",
                   "--out", str(tmp_path / "ro"), "--no-plot"])  # fmt: skip
     assert result.exit_code == 2
@@ -300,7 +300,6 @@ def test_a_filesystem_error_is_one_line_exit_2(tmp_path, monkeypatch):
 def _refused_before_writing(out: Path, extra: list[str], fragment: str) -> None:
     """A one-model tiny sweep into the new folder ``out`` with ``extra`` arguments exits 2,
     names ``fragment``, and creates nothing."""
-    register_preset()
     args = ["sweep", "--data", "synth", "--preset", "tinytest", "--models", "SM"]
     result = cli([*args, "--out", str(out), "--no-plot", *extra])
     assert result.exit_code == 2, result.output

@@ -9,6 +9,7 @@ import torch
 
 from lowres.data import synthetic as syn
 from lowres.errors import ConfigError
+from lowres.rng import hash32
 
 SMALL = (56, 48)
 
@@ -24,7 +25,7 @@ def _lowbias32(x: int) -> int:
 
 def test_hash_matches_pure_python_reference():
     values = [0, 1, 2, 12345, 0xDEADBEEF, 0xFFFFFFFF, 2**31, 77777777]
-    got = syn._hash32(torch.tensor(values, dtype=torch.int64)).tolist()
+    got = hash32(torch.tensor(values, dtype=torch.int64)).tolist()
     assert got == [_lowbias32(v) for v in values]
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from lowres import checkpoint as ckpt
 from lowres.cli import cli
 from lowres.errors import CheckpointError, ConfigError, TrainingError
+from lowres.files import sha256_file
 from lowres.losses import MethodLoss
 from lowres.train import (
     TrainConfig,
@@ -120,13 +121,13 @@ def test_validation_figure_equals_a_naive_recount(tmp_path):
     clean all-vs-all pairs, recomputed from the saved model."""
     import numpy as np
 
-    from lowres.train import VAL_FAR, _load_split, clean_features, hold_out_identities
+    from lowres.train import VAL_FAR, clean_features, hold_out_identities, load_split
 
     config = tiny("SM", epochs=2, val_identities=6)
     train(config, tmp_path, progress=False)
     with open(tmp_path / "log.csv", newline="") as f:
         last = list(csv.DictReader(f))[-1]
-    train_set, _ = _load_split(config)
+    train_set, _ = load_split(config)
     kept, val = hold_out_identities(train_set, 6, config.split_seed)
     assert val.num_identities == 6 and kept.num_identities == train_set.num_identities - 6
 
@@ -287,7 +288,7 @@ def test_checkpoint_files(trained):
     assert side["input_size"] == [28, 24] and side["channels"] == 1
     assert side["data"]["name"] == "orl" and side["data"]["fold"] == 0
     assert side["config_hash"] == tiny("SM+CL", epochs=2).hash()
-    assert side["weights_sha256"] == ckpt.sha256_file(trained / ckpt.WEIGHTS_FILE)
+    assert side["weights_sha256"] == sha256_file(trained / ckpt.WEIGHTS_FILE)
     assert {"torch", "numpy", "albumentations", "lowres"} <= set(side["versions"])
     assert 0 < side["metrics"]["test_norm_cv"] < 10
     assert not loaded.model.training
@@ -366,7 +367,7 @@ def test_sidecar_mismatch_is_refused(trained, tmp_path):
 
     def resign(folder):
         side = json.loads((folder / ckpt.SIDECAR_FILE).read_text())
-        side["weights_sha256"] = ckpt.sha256_file(folder / ckpt.WEIGHTS_FILE)
+        side["weights_sha256"] = sha256_file(folder / ckpt.WEIGHTS_FILE)
         (folder / ckpt.SIDECAR_FILE).write_text(json.dumps(side))
 
     # 2) consistent sha, but a key is missing.
@@ -521,7 +522,7 @@ def test_default_lr_follows_the_model_family():
 
 
 def test_train_split_all_keeps_old_hashes_and_trains_on_everything():
-    from lowres.train import TrainConfig, _load_split
+    from lowres.train import TrainConfig, load_split
 
     # Models cached before train_split existed keep their hash (this one is from TRAIN_FORMAT 2,
     # made with the recipe of that time, which a config now spells out).
@@ -529,7 +530,7 @@ def test_train_split_all_keeps_old_hashes_and_trains_on_everything():
     assert TrainConfig(method="SM", data="orl", fold=0, seed=0, **old).hash() == "b4e67a8eb643b579"
     whole = TrainConfig(method="SM", data="orl", train_split="all")
     assert whole.hash() != TrainConfig(method="SM", data="orl").hash()
-    train, held_out = _load_split(whole)
+    train, held_out = load_split(whole)
     assert train.images.shape[0] == 400 and train.num_identities == 40
     assert held_out.images.shape[0] == 0
     with pytest.raises(ConfigError, match="train_split"):

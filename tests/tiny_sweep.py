@@ -2,7 +2,8 @@
 config and an empty shard folder.
 
 12 test identities x 4 images of 28x24 px and 1-epoch models keep a whole sweep to seconds.
-jobs=1 because spawned training workers would not see the test-only preset registered here.
+jobs=1 because spawned training workers would not see the test-only preset the
+``tiny_preset`` fixture registers.
 """
 
 from __future__ import annotations
@@ -18,18 +19,13 @@ MODELS = ("SM", "SM+R(0.01)")
 PRESET_SNIPPET = (
     f"from lowres.data import synthetic as _sy\n_sy.PRESETS['tinytest'] = _sy.SynthPreset{TINY!r}\n"
 )
-"""The same registration as :func:`register_preset`, for a subprocess's ``-c`` code."""
-
-
-def register_preset() -> None:
-    from lowres.data import synthetic
-
-    synthetic.PRESETS["tinytest"] = synthetic.SynthPreset(*TINY)
+"""The registration the ``tiny_preset`` fixture (conftest.py) makes, for a subprocess's ``-c``
+code."""
 
 
 def tiny_config(out: Path, cache: Path, scales, **changes) -> S.SweepConfig:
-    """A fast sweep of :data:`MODELS` over ``scales`` on the tiny preset."""
-    register_preset()
+    """A fast sweep of :data:`MODELS` over ``scales`` on the tiny preset (the test asks for the
+    ``tiny_preset`` fixture)."""
     base = S.SweepConfig(
         models=MODELS,
         scales=tuple(scales),

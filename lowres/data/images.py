@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowres.atomic import atomic_write_bytes
 from lowres.data.dataset import FaceDataset
 from lowres.errors import DataError
+from lowres.files import atomic_write_bytes
 
 __all__ = [
     "IMAGE_EXTENSIONS",

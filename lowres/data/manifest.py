@@ -38,6 +38,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lowres.data.protocols import verify_sha256
 from lowres.errors import DataError
@@ -210,20 +211,7 @@ def load_manifest(path: str | Path) -> Manifest:
     """
     path = Path(path)
     where = f"manifest {path}"
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise DataError(f"{where} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise DataError(f"{where} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition; tomllib decodes first
-        raise DataError(
-            f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-            f"{exc.start}); save it as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise DataError(f"cannot read {where}: {exc.strerror}") from None
+    raw = _read_toml(path, where)
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         raise DataError(
@@ -235,10 +223,53 @@ def load_manifest(path: str | Path) -> Manifest:
     kind = _get(raw, "kind", str, where)
     if kind not in KINDS:
         raise DataError(f"{where}: unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-    base = path.parent
     root_text = _get(raw, "root", str, where)
     if kind != "builtin" and not root_text:
         raise DataError(f"{where}: kind {kind!r} needs 'root' (the image folder)")
+    images = _image_settings(raw, kind, where)
+    source = _get(raw, "source", dict, where, {})
+    bad_src = sorted(set(source) - {"url", "text"})
+    if bad_src:
+        raise DataError(f"{where}: unknown key(s) in [source]: {', '.join(bad_src)}")
+    protocol = _protocol_settings(raw, kind, path.parent, where)
+    return Manifest(
+        name=name,
+        kind=kind,
+        path=path,
+        description=_get(raw, "description", str, where, ""),
+        root_text=root_text,
+        builtin=_get(raw, "builtin", str, where, name if kind == "builtin" else None),
+        **images,
+        alignment=_get(raw, "alignment", str, where, ""),
+        licence=_get(raw, "licence", str, where, ""),
+        credit=_get(raw, "credit", str, where, ""),
+        citation=_get(raw, "citation", str, where, ""),
+        source_url=_get(source, "url", str, f"{where} [source]", ""),
+        source_text=_get(source, "text", str, f"{where} [source]", ""),
+        **protocol,
+    )
+
+
+def _read_toml(path: Path, where: str) -> dict:
+    """The parsed manifest, or one DataError line: missing, not TOML, not UTF-8, unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise DataError(f"{where} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"{where} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition; tomllib decodes first
+        raise DataError(
+            f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot read {where}: {exc.strerror}") from None
+
+
+def _image_settings(raw: dict, kind: str, where: str) -> dict[str, Any]:
+    """image_size, channels, extensions and min_images_per_identity, checked (Manifest fields)."""
     size = _get(raw, "image_size", list, where)
     if size is not None and (
         len(size) != 2
@@ -254,11 +285,16 @@ def load_manifest(path: str | Path) -> Manifest:
     min_per = _get(raw, "min_images_per_identity", int, where, 1 if kind == "pairs" else 2)
     if min_per < 1:
         raise DataError(f"{where}: 'min_images_per_identity' must be >= 1, got {min_per}")
-    source = _get(raw, "source", dict, where, {})
-    bad_src = sorted(set(source) - {"url", "text"})
-    if bad_src:
-        raise DataError(f"{where}: unknown key(s) in [source]: {', '.join(bad_src)}")
+    return {
+        "image_size": tuple(size) if size else None,
+        "channels": channels,
+        "extensions": tuple(exts) if exts else None,
+        "min_images_per_identity": min_per,
+    }
 
+
+def _protocol_settings(raw: dict, kind: str, base: Path, where: str) -> dict[str, Any]:
+    """[protocol] and the data ``file``, checked against the kind (Manifest fields)."""
     proto = _get(raw, "protocol", dict, where, {})
     bad_proto = sorted(set(proto) - _PROTOCOL_KEYS)
     if bad_proto:
@@ -285,15 +321,7 @@ def load_manifest(path: str | Path) -> Manifest:
     n_folds = _get(proto, "n_folds", int, f"{where} [protocol]", 10 if pair_kind else 4)
     if n_folds < 1:
         raise DataError(f"{where}: protocol n_folds must be >= 1, got {n_folds}")
-    files: dict[str, ProtocolFile] = {}
-    for key, spec in _get(proto, "files", dict, f"{where} [protocol]", {}).items():
-        fw = f"{where} [protocol.files.{key}]"
-        if not isinstance(spec, dict) or set(spec) != {"path", "sha256"}:
-            raise DataError(f"{fw}: needs exactly 'path' and 'sha256'")
-        p, digest = _get(spec, "path", str, fw), _get(spec, "sha256", str, fw)
-        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
-            raise DataError(f"{fw}: sha256 must be 64 hex digits, got {digest!r}")
-        files[key] = ProtocolFile(key, expand_path(p, base, what=fw), digest.lower())
+    files = _protocol_files(proto, base, where)
     default = _get(proto, "default", str, f"{where} [protocol]")
     pattern = _get(proto, "image_pattern", str, f"{where} [protocol]", Manifest.image_pattern)
     if kind == "pairs":
@@ -307,31 +335,28 @@ def load_manifest(path: str | Path) -> Manifest:
         _check_pattern(pattern, where)
     elif files:
         raise DataError(f"{where}: [protocol.files] is only used by kind 'pairs'")
+    return {
+        "protocol_type": ptype,
+        "n_folds": n_folds,
+        "protocol_default": default,
+        "image_pattern": pattern,
+        "protocol_files": files,
+        "file": file,
+    }
 
-    return Manifest(
-        name=name,
-        kind=kind,
-        path=path,
-        description=_get(raw, "description", str, where, ""),
-        root_text=root_text,
-        builtin=_get(raw, "builtin", str, where, name if kind == "builtin" else None),
-        image_size=tuple(size) if size else None,
-        channels=channels,
-        extensions=tuple(exts) if exts else None,
-        min_images_per_identity=min_per,
-        alignment=_get(raw, "alignment", str, where, ""),
-        licence=_get(raw, "licence", str, where, ""),
-        credit=_get(raw, "credit", str, where, ""),
-        citation=_get(raw, "citation", str, where, ""),
-        source_url=_get(source, "url", str, f"{where} [source]", ""),
-        source_text=_get(source, "text", str, f"{where} [source]", ""),
-        protocol_type=ptype,
-        n_folds=n_folds,
-        protocol_default=default,
-        image_pattern=pattern,
-        protocol_files=files,
-        file=file,
-    )
+
+def _protocol_files(proto: dict, base: Path, where: str) -> dict[str, ProtocolFile]:
+    """[protocol.files.KEY] tables: each exactly a path and a 64-hex sha256."""
+    files: dict[str, ProtocolFile] = {}
+    for key, spec in _get(proto, "files", dict, f"{where} [protocol]", {}).items():
+        fw = f"{where} [protocol.files.{key}]"
+        if not isinstance(spec, dict) or set(spec) != {"path", "sha256"}:
+            raise DataError(f"{fw}: needs exactly 'path' and 'sha256'")
+        p, digest = _get(spec, "path", str, fw), _get(spec, "sha256", str, fw)
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise DataError(f"{fw}: sha256 must be 64 hex digits, got {digest!r}")
+        files[key] = ProtocolFile(key, expand_path(p, base, what=fw), digest.lower())
+    return files
 
 
 def require_file(manifest: Manifest) -> Path:

@@ -6,13 +6,13 @@ pixels. Indices are int64 tensors, same/different flags are bool tensors.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from lowres.errors import DataError
+from lowres.files import sha256_file
 
 __all__ = [
     "PairList",
@@ -21,7 +21,6 @@ __all__ = [
     "lfw_image_path",
     "pair_counts",
     "read_lfw_pairs",
-    "sha256_file",
     "verify_sha256",
 ]
 
@@ -193,15 +192,6 @@ def pair_counts(labels: torch.Tensor) -> tuple[int, int]:
 def lfw_image_path(name: str, num: int) -> str:
     """Relative path of an LFW image: ``<name>/<name>_<4-digit num>.jpg``."""
     return f"{name}/{name}_{int(num):04d}.jpg"
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: str | Path, expected: str) -> None:

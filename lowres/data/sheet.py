@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from lowres.atomic import atomic_write_bytes
 from lowres.data.dataset import FaceDataset
 from lowres.errors import DataError
+from lowres.files import atomic_write_bytes
 
 __all__ = ["sheet_indices", "write_contact_sheet"]
 

@@ -53,7 +53,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lowres import rng
+from lowres.data.dataset import FaceDataset
+from lowres.data.images import cached_images
 from lowres.errors import ConfigError, DataError
+from lowres.files import atomic_write_bytes
+from lowres.rng import M32, hash32
 
 __all__ = [
     "DEFAULT_KNOBS",
@@ -213,37 +218,22 @@ PRESETS: dict[str, SynthPreset] = {
 # Counter-based randomness (exact integer hashing: same numbers on every device and batch)
 # --------------------------------------------------------------------------------------------
 
-_M32 = 0xFFFFFFFF
 _STREAMS = {"family": 1, "identity": 2, "fine": 3, "nuisance": 4, "noise": 5}
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    # (x * c) mod 2^32 in int64 without overflow: split x into 16-bit halves.
-    return ((((x >> 16) * c) & 0xFFFF) << 16) + (x & 0xFFFF) * c & _M32
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 integer hash of int64 values in [0, 2^32)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
 
 
 def _key_hash(seed: int, stream: str, keys: torch.Tensor) -> torch.Tensor:
     """Hash of (seed, stream, key) for int64 keys in [0, 2^63): int64 (n,) in [0, 2^32)."""
-    s = _hash32(torch.tensor([(seed & _M32) ^ (_STREAMS[stream] << 24)], dtype=torch.int64))
-    s = _hash32(s ^ ((seed >> 32) & _M32)).to(keys.device)
-    h = _hash32(s ^ (keys & _M32))
-    return _hash32(h ^ ((keys >> 32) & _M32))
+    s = hash32(torch.tensor([(seed & M32) ^ (_STREAMS[stream] << 24)], dtype=torch.int64))
+    s = hash32(s ^ ((seed >> 32) & M32)).to(keys.device)
+    h = hash32(s ^ (keys & M32))
+    return hash32(h ^ ((keys >> 32) & M32))
 
 
 def _uniform(seed: int, stream: str, keys: torch.Tensor, dims: int) -> torch.Tensor:
     """Uniform (0, 1) float32 (n, dims), a pure function of (seed, stream, key, dim)."""
     h = _key_hash(seed, stream, keys)[:, None]
     d = torch.arange(dims, dtype=torch.int64, device=keys.device)[None, :]
-    u = _hash32(_hash32(h ^ d) ^ 0x9E3779B9)
+    u = hash32(hash32(h ^ d) ^ 0x9E3779B9)
     return ((u >> 8).to(torch.float32) + 0.5) / float(1 << 24)
 
 
@@ -709,13 +699,12 @@ def _render_batch(
     return out
 
 
-def _per_image(ident: IdentityParams, nui: NuisanceParams, channels: int) -> dict:
-    """Every per-image scalar and colour the renderer needs, as (n, 1, 1) / (n, C) tensors."""
+def _colour_tones(ident: IdentityParams, nui: NuisanceParams, channels: int) -> dict:
+    """Each face part's colour per image (skin, hair, lips, iris, background, clothes, glasses,
+    occluder...), as ``c_<part>`` (n, C, 1, 1) tensors: RGB, or luma for grey."""
     dev = ident.index.device
     p, q = ident.get, nui.get
     c = {}
-    col = _col
-
     skin = _palette(_SKIN_STOPS, p("skin"))
     hair_t = p("hair")
     hair = _palette(_HAIR_STOPS, hair_t)
@@ -755,6 +744,14 @@ def _per_image(ident: IdentityParams, nui: NuisanceParams, channels: int) -> dic
     for name, rgb in colours.items():
         tone = (rgb * luma).sum(1, keepdim=True) if channels == 1 else rgb
         c["c_" + name] = tone[:, :, None, None]
+    return c
+
+
+def _per_image(ident: IdentityParams, nui: NuisanceParams, channels: int) -> dict:
+    """Every per-image scalar and colour the renderer needs, as (n, 1, 1) / (n, C) tensors."""
+    p, q = ident.get, nui.get
+    c = _colour_tones(ident, nui, channels)
+    col = _col
 
     ang = q("bg_grad_angle")
     c["bg_gx"] = col(torch.cos(ang) * q("bg_grad"))
@@ -830,10 +827,21 @@ def _per_image(ident: IdentityParams, nui: NuisanceParams, channels: int) -> dic
 
 
 def _render_chunk(c: dict, maps: torch.Tensor, grid: tuple, soft: float) -> torch.Tensor:
-    """Float render (n, C, H, W) of one chunk, before sensor noise and clipping."""
+    """Float render (n, C, H, W) of one chunk, before sensor noise and clipping: background and
+    body, then the head (hair, ears, face, skin detail, beard), eyes and brows, nose and mouth,
+    glasses, light and occluder, each layer painted over the last."""
     gx, gy = grid
-    cy = _FACE_CY
+    img, f = _paint_background(c, gx, gy, soft)
+    img = _paint_head(img, c, f, maps, soft)
+    img = _paint_eyes(img, c, f, soft)
+    img = _paint_nose_mouth(img, c, f, soft)
+    img = _paint_finish(img, c, f, gx, gy, soft)
+    return img * c["gain"]
 
+
+def _paint_background(c: dict, gx, gy, soft: float) -> tuple[torch.Tensor, dict]:
+    """Background, clothes and neck; returns the image and the head-frame geometry ``f`` (x, y
+    in the head frame, u, v on the turned sphere, zz, on_head, body, neck) the layers share."""
     # Background: tone + linear gradient + one soft blob of clutter.
     bx, by = gx - c["blob_x"], gy - c["blob_y"]
     blob = torch.exp(-(bx * bx + by * by) * c["blob_ir2"])
@@ -859,6 +867,23 @@ def _render_chunk(c: dict, maps: torch.Tensor, grid: tuple, soft: float) -> torc
     neck = _ramp(c["neck_w"] - (x - c["neck_dx"]).abs_(), soft) * _ramp(y - 0.3, soft)
     img = _over(img, c["c_neck"], neck)
 
+    return img, {
+        "x": x,
+        "y": y,
+        "u": u,
+        "v": v,
+        "zz": zz,
+        "on_head": on_head,
+        "body": body,
+        "neck": neck,
+    }
+
+
+def _paint_head(img, c: dict, f: dict, maps: torch.Tensor, soft: float) -> torch.Tensor:
+    """Back hair, ears, the face with its skin detail map, beard and front hair; adds cap,
+    face and au (|u|) to ``f``."""
+    x, y, u, v, on_head = f["x"], f["y"], f["u"], f["v"], f["on_head"]
+    cy = _FACE_CY
     # Back hair: a rounded cap around the head, down the sides as far as hair_length says.
     cap = _ellipse(x, y, 0.0, c["cap_cy"], c["cap_a"], c["cap_b"], soft)
     cap = cap * _ramp(c["cap_bottom"] - y, soft)
@@ -894,6 +919,13 @@ def _render_chunk(c: dict, maps: torch.Tensor, grid: tuple, soft: float) -> torc
     fringe = _ramp(c["hairline"] + c["part"] * u + temple - v, 0.03) * cap.maximum(face)
     img = _over(img, c["c_hair"], fringe * on_head)
 
+    f.update(cap=cap, face=face, au=au)
+    return img
+
+
+def _paint_eyes(img, c: dict, f: dict, soft: float) -> torch.Tensor:
+    """Eyelids, eyes (sclera, iris, pupil, gaze) and brows."""
+    u, v, face, au = f["u"], f["v"], f["face"], f["au"]
     # Eyes and brows, both sides at once in mirrored coordinates (|u|): the model is symmetric
     # except for gaze, which follows the image direction.
     ea, eb = c["ea"], c["eb"]
@@ -914,6 +946,12 @@ def _render_chunk(c: dict, maps: torch.Tensor, grid: tuple, soft: float) -> torc
     brow = _ramp(thick - (v - by).abs_(), soft) * _ramp(1 - t.abs(), 0.15) * face
     img = _over(img, c["c_brow"], brow)
 
+    return img
+
+
+def _paint_nose_mouth(img, c: dict, f: dict, soft: float) -> torch.Tensor:
+    """Nose (ridge shadow, tip, nostrils) and mouth (lips, gap)."""
+    u, v, face = f["u"], f["v"], f["face"]
     # Nose: extra parallax (it sticks out), a side shadow away from the light, tip, nostrils.
     nu, nv, nw = u + c["nose_dx"], v + c["nose_dy"], c["nw"]
     rx = (nu - c["ridge_x"]) / (nw * 0.45)
@@ -934,6 +972,13 @@ def _render_chunk(c: dict, maps: torch.Tensor, grid: tuple, soft: float) -> torc
     img = _over(img, c["c_lip"], _ramp(band, soft) * inside)
     img = _over(img, c["c_gap"], _ramp(c["gap"] * env - dy.abs(), soft) * inside)
 
+    return img
+
+
+def _paint_finish(img, c: dict, f: dict, gx, gy, soft: float) -> torch.Tensor:
+    """Glasses, Lambert light over head, hair, neck and clothes, and the occluder."""
+    x, y, v, zz, on_head, au = f["x"], f["y"], f["v"], f["zz"], f["on_head"], f["au"]
+    cap, face, neck, body = f["cap"], f["face"], f["neck"], f["body"]
     # Glasses (only the images that wear them): two rings around the eyes and a bridge.
     wear = torch.nonzero(c["glasses"] > 0.5).flatten()
     if len(wear):
@@ -957,7 +1002,7 @@ def _render_chunk(c: dict, maps: torch.Tensor, grid: tuple, soft: float) -> torc
         )
         img[hide] = _over(img[hide], c["c_occ"][hide], occ_m)
 
-    return img * c["gain"]
+    return img
 
 
 # --------------------------------------------------------------------------------------------
@@ -1132,9 +1177,7 @@ def make_split(
         )
 
     if cache and _fits_cache(k * m, channels, size):
-        from lowres.data.images import cached_images
-
-        # Keyed by this file's bytes (any change to the generator renders anew), the torch
+        # Keyed by the generator's source bytes (any change to it renders anew), the torch
         # version and every argument the pixels depend on; the device is not one of them.
         tag = (
             f"synth-{split}|torch {torch.__version__}|ids {int(ids[0])}+{k}|m {m}|"
@@ -1142,7 +1185,8 @@ def make_split(
             f"channels {channels}|knobs {sorted(asdict(knobs).items())}"
         )
         here = Path(__file__)
-        images = cached_images([here], render, tag=tag, base=here.parent)
+        sources = [here, Path(rng.__file__)]  # the generator and its counter hash
+        images = cached_images(sources, render, tag=tag, base=here.parent)
     else:
         images = render()
     return SynthSplit(
@@ -1192,7 +1236,6 @@ def load_synth(
     Returns:
         lowres.data.dataset.FaceDataset named "synth", all-vs-all verification (pairs None).
     """
-    from lowres.data.dataset import FaceDataset
 
     preset = "cpu" if preset is None else str(preset).strip()
     _check_preset(preset)
@@ -1386,8 +1429,6 @@ def _write_png(sheet: torch.Tensor, path: Path) -> Path:
     import io
 
     from PIL import Image
-
-    from lowres.atomic import atomic_write_bytes
 
     if not path.parent.is_dir():
         raise DataError(f"folder {path.parent} for the sheet does not exist; create it first")

@@ -1,9 +1,15 @@
-"""Losses: a head (SM, l2-SM, SF, CosFace, ArcFace) plus optional Ring / Center loss.
+"""Losses: a head (SM, l2-SM, SF, CosFace, ArcFace) plus optional embedding regularisers
+(Ring loss, Center loss), which any head can take.
 
 :class:`MethodLoss` bundles them for the trainer: it owns every learnable loss parameter, says
 how to optimise them (:meth:`MethodLoss.param_groups`), and needs :meth:`MethodLoss.after_step`
 once after each optimizer step. Build one from a method name with
 :func:`lowres.methods.build_loss`.
+
+**Adding a loss** is one file and one registry line: a :class:`Head` subclass (its ``NAME``,
+``FORMS``, :meth:`Head.check_args` and logits) or a :class:`Regulariser` subclass (its
+``NAME``, ``SLOT`` and :meth:`Regulariser.penalty`), listed in :data:`HEADS` or
+:data:`REGULARISERS` below; the notation parser, the help line and ``build_loss`` read them.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from torch import Tensor, nn
 
 from lowres.errors import ConfigError
 from lowres.losses import functional
-from lowres.losses.auxiliary import CenterLoss, RingLoss
+from lowres.losses.auxiliary import CenterLoss, Regulariser, RingLoss
 from lowres.losses.heads import (
     ArcFaceHead,
     CosFaceHead,
@@ -27,6 +33,8 @@ from lowres.losses.heads import (
 )
 
 __all__ = [
+    "HEADS",
+    "REGULARISERS",
     "ArcFaceHead",
     "CenterLoss",
     "CosFaceHead",
@@ -35,11 +43,23 @@ __all__ = [
     "L2SoftmaxHead",
     "LossOutput",
     "MethodLoss",
+    "Regulariser",
     "RingLoss",
     "SoftmaxHead",
     "SphereFaceHead",
     "functional",
 ]
+
+
+HEADS: dict[str, type[Head]] = {
+    head.NAME: head
+    for head in (SoftmaxHead, SphereFaceHead, L2SoftmaxHead, CosFaceHead, ArcFaceHead)
+}
+"""Every head by its name in the paper's notation (in the order the help line lists them)."""
+
+REGULARISERS: dict[str, type[Regulariser]] = {reg.NAME: reg for reg in (RingLoss, CenterLoss)}
+"""Every embedding regulariser by its notation name; a method's terms are built, summed and
+stored in this order whatever order its name writes them in."""
 
 
 class LossOutput(NamedTuple):
@@ -59,13 +79,17 @@ class LossOutput(NamedTuple):
 
 
 class MethodLoss(nn.Module):
-    """Head plus optional Ring and Center loss: everything learnable on the loss side.
+    """Head plus optional embedding regularisers: everything learnable on the loss side.
 
     Args:
         head: the classifier head (primary loss).
         ring: optional :class:`RingLoss`.
         center: optional :class:`CenterLoss`.
         name: method name for ``repr`` and logs (e.g. ``"SF+R(0.01)"``).
+        regularisers: further :class:`Regulariser` s, after ``ring`` and ``center``.
+
+    Each regulariser is the submodule named by its ``SLOT`` (``ring``, ``center``: their
+    ``state_dict`` prefixes), and ``loss.ring`` / ``loss.center`` are None without one.
     """
 
     def __init__(
@@ -74,19 +98,33 @@ class MethodLoss(nn.Module):
         ring: RingLoss | None = None,
         center: CenterLoss | None = None,
         name: str = "",
+        regularisers: tuple[Regulariser, ...] = (),
     ) -> None:
         super().__init__()
-        if center is not None and (
-            center.dim != head.embed_dim or center.num_classes != head.num_classes
-        ):
-            raise ConfigError(
-                f"CenterLoss is ({center.num_classes}, {center.dim}) but the head is "
-                f"({head.num_classes}, {head.embed_dim}); build both for the same data and model"
-            )
         self.head = head
-        self.ring = ring
-        self.center = center
+        regs = [r for r in (ring, center, *regularisers) if r is not None]
+        for reg in regs:
+            if reg.SLOT in self._modules:
+                raise ConfigError(f"two {type(reg).__name__} terms in one method; keep one")
+            reg.check_head(head)
+            # Registered directly: the slot is also a read-only property of this class.
+            self._modules[reg.SLOT] = reg
+        self._slots = tuple(reg.SLOT for reg in regs)
         self.name = name
+
+    @property
+    def ring(self) -> RingLoss | None:
+        """The Ring loss term, or None."""
+        return self._modules.get("ring")
+
+    @property
+    def center(self) -> CenterLoss | None:
+        """The Center loss term, or None."""
+        return self._modules.get("center")
+
+    def regularisers(self) -> list[Regulariser]:
+        """The regularisers in the order their terms are added."""
+        return [self._modules[slot] for slot in self._slots]
 
     @property
     def embed_dim(self) -> int:
@@ -109,14 +147,10 @@ class MethodLoss(nn.Module):
         out = self.head(features, labels)
         loss = out.loss
         parts = {"head": out.loss.detach()}
-        if self.ring is not None:
-            ring = self.ring(features)
-            parts["ring"] = ring.detach()
-            loss = loss + ring
-        if self.center is not None:
-            center = self.center(features, labels)
-            parts["center"] = center.detach()
-            loss = loss + center
+        for reg in self.regularisers():
+            term = reg.penalty(features, labels)
+            parts[reg.SLOT] = term.detach()
+            loss = loss + term
         return LossOutput(loss, parts, out.logits)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
@@ -139,35 +173,28 @@ class MethodLoss(nn.Module):
             {"params": decayed, "lr": lr, "weight_decay": weight_decay, "name": "head"},
             {"params": undecayed, "lr": lr, "weight_decay": 0.0, "name": "head_scalars"},
         ]
-        if self.ring is not None:
-            groups.append(
-                {
-                    "params": [self.ring.radius],
-                    "lr": lr * self.ring.lr_mult,
-                    "weight_decay": 0.0,
-                    "name": "ring_radius",
-                }
-            )
+        for reg in self.regularisers():
+            groups += reg.param_groups(lr)
         return [g for g in groups if g["params"]]
 
     @torch.no_grad()
     def after_step(self) -> None:
         """Call once after every optimizer step: SF annealing advances, centers move."""
         self.head.after_step()
-        if self.center is not None:
-            self.center.after_step()
+        for reg in self.regularisers():
+            reg.after_step()
 
     def skip_step(self) -> None:
         """Call instead of :meth:`after_step` when the optimizer skipped the update (AMP's
         GradScaler found inf/NaN gradients): annealing and centers stay where they were."""
-        if self.center is not None:
-            self.center.discard_step()
+        for reg in self.regularisers():
+            reg.discard_step()
 
     def stats(self) -> dict[str, float]:
         """Loggable scalars: ``R`` with Ring loss, ``lambda_sf`` with SF, ``alpha`` if learned."""
         out = dict(self.head.stats())
-        if self.ring is not None:
-            out["R"] = float(self.ring.radius.detach())
+        for reg in self.regularisers():
+            out.update(reg.stats())
         return out
 
     def extra_repr(self) -> str:

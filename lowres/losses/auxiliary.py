@@ -9,28 +9,65 @@ Both compute in float32 under autocast.
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from lowres.distributed import all_reduce_sum, is_distributed
 from lowres.errors import ConfigError
 from lowres.losses import functional as LF
 
-__all__ = ["CenterLoss", "RingLoss"]
+__all__ = ["CenterLoss", "Regulariser", "RingLoss"]
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+class Regulariser(nn.Module):
+    """A penalty on the embedding that any head can take: its term adds to the head's loss.
+
+    A subclass names itself in the paper's notation (``NAME``: ``+R(...)``, ``+CL``), the
+    submodule slot and log key it fills in :class:`lowres.losses.MethodLoss` (``SLOT``: also its
+    ``state_dict`` prefix), and how its weight is written (``WEIGHT_REQUIRED``, ``FORMS``,
+    ``EXAMPLE``). :meth:`from_notation` builds it from the weight written in the method name.
+    """
+
+    NAME: ClassVar[str] = ""
+    SLOT: ClassVar[str] = ""
+    FORMS: ClassVar[tuple[str, ...]] = ()
+    WEIGHT_REQUIRED: ClassVar[bool] = True
+    EXAMPLE: ClassVar[str] = ""
+
+    @classmethod
+    def from_notation(
+        cls, weight: float | None, embed_dim: int, num_classes: int, **options: Any
+    ) -> Regulariser:
+        """The regulariser for ``+NAME(weight)`` (``weight`` None: written without one);
+        ``options`` are :func:`lowres.methods.build_loss`'s keyword settings."""
+        raise NotImplementedError
+
+    def penalty(self, features: Tensor, labels: Tensor) -> Tensor:
+        """The 0-d float32 term of a batch (differentiable)."""
+        raise NotImplementedError
+
+    def check_head(self, head: nn.Module) -> None:
+        """Fail when the regulariser cannot go with ``head`` (sizes that differ)."""
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer groups of the regulariser's own parameters (none by default)."""
+        return []
+
+    def after_step(self) -> None:
+        """Called once after every optimizer step."""
+
+    def discard_step(self) -> None:
+        """Called instead of :meth:`after_step` when the optimizer skipped its update."""
+
+    def stats(self) -> dict[str, float]:
+        """Scalars worth logging."""
+        return {}
 
 
-def _all_reduce_sum(t: Tensor) -> Tensor:
-    t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-class RingLoss(nn.Module):
+class RingLoss(Regulariser):
     """Ring loss ``weight / (2B) sum (||F|| - R)^2`` with a learned radius R.
 
     Args:
@@ -48,6 +85,18 @@ class RingLoss(nn.Module):
     resumed run neither re-initialises R nor loses it. Until initialised, an eval-mode call uses
     the batch mean without storing it.
     """
+
+    NAME, SLOT, FORMS, WEIGHT_REQUIRED, EXAMPLE = "R", "ring", ("R(lambda)",), True, "+R(0.01)"
+
+    @classmethod
+    def from_notation(
+        cls, weight: float | None, embed_dim: int, num_classes: int, **options: Any
+    ) -> RingLoss:
+        return cls(
+            weight,
+            init=options.get("ring_init", "batch"),
+            lr_mult=options.get("ring_lr_mult", 1.0),
+        )
 
     def __init__(self, weight: float, init: str | float = "batch", lr_mult: float = 1.0) -> None:
         super().__init__()
@@ -100,8 +149,8 @@ class RingLoss(nn.Module):
             if not self._seen_initialised:
                 with torch.no_grad():
                     mean = LF.feature_norms(x).mean()
-                    if _distributed():
-                        mean = _all_reduce_sum(mean) / dist.get_world_size()
+                    if is_distributed():
+                        mean = all_reduce_sum(mean) / dist.get_world_size()
                 if self.training:
                     with torch.no_grad():
                         self.radius.copy_(mean)
@@ -111,11 +160,28 @@ class RingLoss(nn.Module):
                     radius = mean
             return LF.ring_loss(x, radius, self.weight)
 
+    def penalty(self, features: Tensor, labels: Tensor) -> Tensor:
+        return self(features)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """R: no weight decay (it would pull R, and the features, towards 0), lr * lr_mult."""
+        return [
+            {
+                "params": [self.radius],
+                "lr": lr * self.lr_mult,
+                "weight_decay": 0.0,
+                "name": "ring_radius",
+            }
+        ]
+
+    def stats(self) -> dict[str, float]:
+        return {"R": float(self.radius.detach())}
+
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}, init={self.init!r}, lr_mult={self.lr_mult:g}"
 
 
-class CenterLoss(nn.Module):
+class CenterLoss(Regulariser):
     """Center loss ``weight / (2B) sum ||x_i - c_{y_i}||^2`` with Wen et al.'s center update.
 
     Centers are a (C, D) float32 buffer (saved in ``state_dict``), initialised to zero as in
@@ -131,6 +197,21 @@ class CenterLoss(nn.Module):
         weight: lambda_c (published 0.003-0.008; default 0.003).
         alpha: center learning rate in [0, 1] (default 0.5).
     """
+
+    NAME, SLOT, FORMS = "CL", "center", ("CL", "CL(lambda_c)")
+    WEIGHT_REQUIRED, EXAMPLE = False, "+CL or +CL(0.003)"
+
+    @classmethod
+    def from_notation(
+        cls, weight: float | None, embed_dim: int, num_classes: int, **options: Any
+    ) -> CenterLoss:
+        default = options.get("center_weight", 0.003)
+        return cls(
+            num_classes,
+            embed_dim,
+            weight=default if weight is None else weight,
+            alpha=options.get("center_alpha", 0.5),
+        )
 
     def __init__(
         self, num_classes: int, dim: int, weight: float = 0.003, alpha: float = 0.5
@@ -171,12 +252,22 @@ class CenterLoss(nn.Module):
                 self._pending = stats if self._pending is None else self._pending + stats
             return loss
 
+    def penalty(self, features: Tensor, labels: Tensor) -> Tensor:
+        return self(features, labels)
+
+    def check_head(self, head: nn.Module) -> None:
+        if self.dim != head.embed_dim or self.num_classes != head.num_classes:
+            raise ConfigError(
+                f"CenterLoss is ({self.num_classes}, {self.dim}) but the head is "
+                f"({head.num_classes}, {head.embed_dim}); build both for the same data and model"
+            )
+
     @torch.no_grad()
     def after_step(self) -> None:
         """Apply the accumulated center update (all-reduced under DDP) and clear it."""
         if self._pending is None:
             return
-        stats = _all_reduce_sum(self._pending) if _distributed() else self._pending
+        stats = all_reduce_sum(self._pending)
         self.centers.copy_(LF.apply_center_update(self.centers, stats, self.alpha))
         self._pending = None
 

@@ -14,7 +14,8 @@ returns a :class:`HeadOutput`:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +67,28 @@ class Head(nn.Module):
     which :meth:`forward` raises to at least float32.
     """
 
+    NAME: ClassVar[str] = ""
+    """The head's name in the paper's notation (parsed case-insensitively)."""
+    FORMS: ClassVar[tuple[str, ...]] = ()
+    """How the head may be written, for the one-line help of a bad method name."""
+
     embed_dim: int
     num_classes: int
+
+    @classmethod
+    def check_args(cls, args: list, bad: Callable[[str], Exception], positive: Callable) -> list:
+        """The arguments written after the head's name, checked and canonical (``bad(why)``
+        makes the error to raise; ``positive(what, value)`` checks a number > 0). Default: no
+        arguments."""
+        if args:
+            raise bad(f"{cls.NAME} takes no arguments")
+        return args
+
+    @classmethod
+    def from_notation(cls, embed_dim: int, num_classes: int, args: Sequence, **options) -> Head:
+        """The head for ``NAME(args)``; ``options`` are :func:`lowres.methods.build_loss`'s
+        keyword settings (most heads take none)."""
+        return cls(embed_dim, num_classes, *args)
 
     def __init__(self, embed_dim: int, num_classes: int) -> None:
         super().__init__()
@@ -124,6 +145,8 @@ class SoftmaxHead(Head):
     Initialised like ``nn.Linear`` (Kaiming-uniform weights, uniform bias).
     """
 
+    NAME, FORMS = "SM", ("SM",)
+
     def __init__(self, embed_dim: int, num_classes: int) -> None:
         super().__init__(embed_dim, num_classes)
         self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
@@ -152,6 +175,19 @@ class L2SoftmaxHead(Head):
         learnable: make alpha an ``nn.Parameter`` (Ranjan et al.'s variant); it is then put in
             the undecayed parameter group by :class:`lowres.losses.MethodLoss`.
     """
+
+    NAME, FORMS = "l2-SM", ("l2-SM(alpha)",)
+
+    @classmethod
+    def check_args(cls, args: list, bad: Callable[[str], Exception], positive: Callable) -> list:
+        if len(args) != 1:
+            raise bad("l2-SM needs exactly one alpha, e.g. l2-SM(30)")
+        return [positive("l2-SM alpha", args[0])]
+
+    @classmethod
+    def from_notation(cls, embed_dim: int, num_classes: int, args: Sequence, **options) -> Head:
+        learnable = options.get("l2_learnable", False)
+        return cls(embed_dim, num_classes, alpha=args[0], learnable=learnable)
 
     def __init__(
         self, embed_dim: int, num_classes: int, alpha: float = 30.0, learnable: bool = False
@@ -189,7 +225,23 @@ class L2SoftmaxHead(Head):
 
 
 class _NormalisedHead(Head):
-    """Shared storage for heads with normalised class weights and no bias (Xavier init)."""
+    """Shared storage for heads with normalised class weights and no bias (Xavier init), and
+    the ``(s,m)`` arguments of the margin heads (``MARGIN_LIMIT``: m's open upper bound)."""
+
+    MARGIN_LIMIT: ClassVar[float] = 1.0
+
+    @classmethod
+    def check_args(cls, args: list, bad: Callable[[str], Exception], positive: Callable) -> list:
+        if not args:
+            return args
+        if len(args) != 2:
+            raise bad(f"{cls.NAME} takes (s,m), e.g. {cls.NAME}(64,0.5)")
+        s = positive(f"{cls.NAME} scale s", args[0])
+        m = float(args[1])
+        limit = cls.MARGIN_LIMIT
+        if not 0.0 <= m < limit:
+            raise bad(f"{cls.NAME} margin m must be in [0, {limit:.4g}), got {m!r}")
+        return [s, m]
 
     def __init__(self, embed_dim: int, num_classes: int) -> None:
         super().__init__(embed_dim, num_classes)
@@ -211,6 +263,18 @@ class SphereFaceHead(_NormalisedHead):
         m: integer angular margin (SphereFace: 4).
         base, gamma, power, lambda_min: annealing schedule (original: 1000, 0.12, 1, 5).
     """
+
+    NAME, FORMS = "SF", ("SF", "SF(m)")
+
+    @classmethod
+    def check_args(cls, args: list, bad: Callable[[str], Exception], positive: Callable) -> list:
+        if not args:
+            return args
+        if len(args) != 1 or isinstance(args[0], bool) or float(args[0]) != int(args[0]):
+            raise bad("SF takes one integer margin, e.g. SF(4)")
+        if int(args[0]) < 1:
+            raise bad(f"SF margin must be >= 1, got {args[0]}")
+        return [int(args[0])]
 
     def __init__(
         self,
@@ -272,6 +336,8 @@ class CosFaceHead(_NormalisedHead):
     Defaults are the CosFace paper's s = 64, m = 0.35.
     """
 
+    NAME, FORMS, MARGIN_LIMIT = "CosFace", ("CosFace", "CosFace(s,m)"), 1.0
+
     def __init__(self, embed_dim: int, num_classes: int, s: float = 64.0, m: float = 0.35) -> None:
         super().__init__(embed_dim, num_classes)
         self.s = _check_positive("CosFace scale s", s)
@@ -300,6 +366,8 @@ class ArcFaceHead(_NormalisedHead):
     ``theta = pi - m`` the target logit falls back to ``cos theta - m sin m``; see
     :func:`lowres.losses.functional.arcface_logits`).
     """
+
+    NAME, FORMS, MARGIN_LIMIT = "ArcFace", ("ArcFace", "ArcFace(s,m)"), math.pi / 2
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lowres.atomic import atomic_write_bytes, atomic_write_text
+from lowres.files import atomic_write_bytes, atomic_write_text
 
 
 def test_write_creates_folders_and_uses_the_umask_mode(tmp_path):

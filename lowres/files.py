@@ -1,15 +1,19 @@
-"""Atomic file writes: a reader (or a rerun after SIGKILL) never sees half a file.
+"""File I/O in one place: atomic writes (text, bytes, CSV) and content hashes.
 
 Every writer goes through a temporary file in the target's folder, flushed and fsynced, then
-``os.replace``; on any exception (KeyboardInterrupt included) the temporary is removed.
-Stdlib only, so importing it costs nothing.
+``os.replace``: a reader (or a rerun after SIGKILL) never sees half a file, and on any exception
+(KeyboardInterrupt included) the temporary is removed. Stdlib only, so importing it costs
+nothing (the CSV writer takes a pandas frame but does not import pandas).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from lowres.errors import ConfigError
 
@@ -48,6 +52,61 @@ def _umask() -> int:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Text variant of :func:`atomic_write_bytes` (UTF-8)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+REPR_FLOATS = "%.17g"
+"""The float format of lowres's result tables: enough digits to round-trip every float64."""
+
+
+def frame_to_csv(frame: Any, float_format: str | None = REPR_FLOATS) -> str:
+    """The CSV text of a pandas frame as lowres writes it: no index, ``\\n`` line ends,
+    ``float_format`` (None: pandas' own shortest repr)."""
+    return frame.to_csv(index=False, lineterminator="\n", float_format=float_format)
+
+
+def atomic_write_csv(
+    path: str | os.PathLike, frame: Any, float_format: str | None = REPR_FLOATS
+) -> Path:
+    """Write :func:`frame_to_csv` of ``frame`` to ``path`` atomically."""
+    return atomic_write_text(path, frame_to_csv(frame, float_format))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON with sorted keys, indent 2 and a trailing newline, written atomically (numpy
+    scalars as Python numbers, paths as text, sets and tuples as lists).
+
+    >>> import json, tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "x.json"
+    >>> _ = atomic_write_json(path, {"b": (1, 2), "a": Path("p")})
+    >>> json.loads(path.read_text())
+    {'a': 'p', 'b': [1, 2]}
+    """
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_plain_json)
+    return atomic_write_text(path, text + "\n")
+
+
+def _plain_json(obj: Any) -> Any:
+    if type(obj).__module__ == "numpy" and getattr(obj, "ndim", None) == 0:
+        return obj.item()  # numpy integer, floating or bool scalar -> int, float, bool
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_writable(path: str | os.PathLike, what: str, *, is_folder: bool = True) -> None:

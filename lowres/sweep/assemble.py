@@ -1,0 +1,381 @@
+"""Cells -> the sweep's tables: ``results.csv`` (per-cell rows, folds pooled, robustness
+summaries, Ring-loss margins and seed means with their bootstrap intervals), ``roc.csv``,
+``norms.csv`` and ``scores.csv``, all deterministic, then the baseline and the figures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lowres.bootstrap import bootstrap_tar
+from lowres.cells import (
+    CellStore,
+    cell_metric_rows,
+    roc_points,
+    score_histogram,
+    slug,
+)
+from lowres.check import save_baseline
+from lowres.files import atomic_write_csv, atomic_write_json
+from lowres.plots import plot_run
+from lowres.results import (
+    POOLED,
+    make_row,
+    normalise,
+    robustness_rows,
+    sort_table,
+    to_frame,
+    write_table,
+)
+from lowres.sweep.config import SweepConfig
+from lowres.sweep.models import ModelEntry, base_of
+
+log = logging.getLogger("lowres.sweep")
+
+Grid = Sequence[tuple[float, int]]
+
+
+def table_provenance(model_info, grid, fars, config: SweepConfig) -> dict[str, Any]:
+    """The provenance entries that describe the table's rows (shared by sweep and merge)."""
+    return {
+        "models": {
+            name: {"kind": e.kind, "method": e.method, "source": e.source}
+            for name, e in sorted(model_info.items())
+        },
+        "grid": [{"scale": s, "size_px": z} for s, z in grid],
+        "fars": list(fars),
+        "critical": {"tar": config.critical_tar, "far": config.critical_far},
+        "bootstrap": {"replicates": config.n_boot, "seed": config.boot_seed, "level": 0.95},
+    }
+
+
+def assemble_outputs(
+    out: Path, store: CellStore, model_info, grid, folds, seeds, fars, context, config, timings
+) -> tuple[pd.DataFrame, list[Path]]:
+    """Cells in ``out/cells`` -> results.csv, roc.csv, norms.csv, scores.csv, the baseline and
+    figures.
+
+    The one assembly path of both :func:`lowres.sweep.run_sweep` and
+    :func:`lowres.sweep.merge_shards`, so a merged sweep writes the bytes an unsharded one
+    writes.
+    """
+    t0 = time.perf_counter()
+    table, roc_frame, norms_frame, scores_frame = assemble(
+        store, model_info, grid, folds, seeds, fars, context, config, timings
+    )
+    write_table(table, out / "results.csv")
+    atomic_write_csv(out / "roc.csv", roc_frame)
+    atomic_write_csv(out / "norms.csv", norms_frame)
+    atomic_write_csv(out / "scores.csv", scores_frame)
+    timings["assemble"] = time.perf_counter() - t0 - timings.get("bootstrap", 0.0)
+    if config.save_baseline is not None:
+        save_baseline(table, config.save_baseline)
+    figures: list[Path] = []
+    if config.plot:
+        t0 = time.perf_counter()
+        figures = plot_run(out)
+        timings["plot"] = time.perf_counter() - t0
+    return table, figures
+
+
+class Levels:
+    """Each model's arrays at the primary fold level: one fold's, or all folds' concatenated
+    (identities offset per fold so they stay distinct) when the sweep pools folds."""
+
+    def __init__(self, store: CellStore, names: Sequence[str], folds: Sequence[int], seeds):
+        self.store, self.folds = store, list(folds)
+        self.offset: dict[int, int] = {}
+        offset = 0
+        for fold in self.folds:
+            self.offset[fold] = offset
+            offset += int(store.arrays((names[0], fold, seeds[0], 1.0))["labels"].max()) + 1
+
+    def __call__(self, name: str, seed: int, scale: float):
+        """(scores, id_a, id_b, issame, norms) over the folds, float64 scores and norms."""
+        parts = [(self.store.arrays((name, f, seed, scale)), f) for f in self.folds]
+        return (
+            np.concatenate([p["scores"].astype(np.float64) for p, _ in parts]),
+            np.concatenate([p["id_a"].astype(np.int64) + self.offset[f] for p, f in parts]),
+            np.concatenate([p["id_b"].astype(np.int64) + self.offset[f] for p, f in parts]),
+            np.concatenate([p["issame"] for p, _ in parts]),
+            np.concatenate([p["norms"].astype(np.float64) for p, _ in parts]),
+        )
+
+
+def _cell_rows(store: CellStore, model_info, size_of, context) -> list[dict[str, Any]]:
+    """Every cell's own rows (per fold and seed), in cell order."""
+    rows = []
+    for (name, fold, seed, scale), cell in sorted(store.cells.items()):
+        for r in cell["rows"]:
+            rows.append(
+                make_row(
+                    **context,
+                    model=name,
+                    method=model_info[name].method,
+                    scale=scale,
+                    size_px=size_of[scale],
+                    fold=fold,
+                    seed=seed,
+                    **r,
+                )
+            )
+    return rows
+
+
+def _pooled_rows(levels: Levels, model_info, grid: Grid, seeds, fars, context) -> list[dict]:
+    """The metric rows of the folds pooled (``fold = -1``): one threshold over all folds."""
+    rows = []
+    for name in sorted(model_info):
+        for seed in seeds:
+            s, _, _, same, norms = levels(name, seed, 1.0)
+            clean_rows, clean_ref = cell_metric_rows(s, same, norms, fars=fars, clean=None)
+            for scale, size in grid:
+                if scale == 1.0:
+                    mrows = clean_rows
+                else:
+                    s, _, _, same, norms = levels(name, seed, scale)
+                    mrows, _ = cell_metric_rows(s, same, norms, fars=fars, clean=clean_ref)
+                for r in mrows:
+                    rows.append(
+                        make_row(
+                            **context,
+                            model=name,
+                            method=model_info[name].method,
+                            scale=scale,
+                            size_px=size,
+                            fold=POOLED,
+                            seed=seed,
+                            **r,
+                        )
+                    )
+    return rows
+
+
+def ring_base(name: str, model_info: dict[str, ModelEntry]) -> str | None:
+    """The model id whose Ring margin ``name`` is measured against: the same loss without
+    ``+R``, of the same kind and trained the same way; None when the sweep lacks it or
+    ``name`` has no Ring term."""
+    entry = model_info[name]
+    base_spec = base_of(entry.spec)
+    if base_spec is None:
+        return None
+    for n in sorted(model_info):
+        other = model_info[n]
+        if (
+            other.spec is not None
+            and other.spec == base_spec
+            and other.kind == entry.kind
+            and other.train == entry.train
+        ):
+            return n
+    log.info("no base model %s in the sweep: Ring-loss margin of %s skipped", base_spec, name)
+    return None
+
+
+def _boot_rows(boot: dict, names: tuple[str, ...], fields: tuple[str, str, str], **row) -> list:
+    """One row per FAR (``row["fars"]``) from a cached bootstrap's ``fields`` (point, low,
+    high); a margin (two ``names``) names its base in ``reference``."""
+    point, low, high = fields
+    fars = row.pop("fars")
+    return [
+        make_row(
+            **row,
+            far=far,
+            value=float(boot[point][j]),
+            ci_low=float(boot[low][j]),
+            ci_high=float(boot[high][j]),
+            n_genuine=boot["n_genuine"],
+            n_impostor=boot["n_impostor"],
+            **({"reference": names[1]} if len(names) > 1 else {}),
+        )
+        for j, far in enumerate(fars)
+    ]
+
+
+def _bootstrap_rows(boots: Bootstraps, model_info, grid: Grid, seeds, level_fold, context):
+    """The Ring-margin rows of every ``+R`` model with its base in the sweep and, with several
+    seeds, every model's seed-mean TAR (its interval holds identity *and* seed variation)."""
+    rows = []
+    names = sorted(model_info)
+    common = dict(context, fold=level_fold, fars=boots.fars)
+    for name in names:
+        base = ring_base(name, model_info)
+        if base is None:
+            continue
+        for scale, size in grid:
+            boot = boots.margin(name, base, scale)
+            rows += _boot_rows(
+                boot,
+                (name, base),
+                ("diff_point", "diff_low", "diff_high"),
+                **common,
+                model=name,
+                method=model_info[name].method,
+                scale=scale,
+                size_px=size,
+                seed=seeds[0] if len(seeds) == 1 else None,
+                metric="ring_margin",
+            )
+    if len(seeds) > 1:
+        for name in names:
+            for scale, size in grid:
+                rows += _boot_rows(
+                    boots.seed_mean(name, scale),
+                    (name,),
+                    ("point", "low", "high"),
+                    **common,
+                    model=name,
+                    method=model_info[name].method,
+                    scale=scale,
+                    size_px=size,
+                    seed=None,
+                    metric="tar_mean",
+                )
+    return rows
+
+
+def _side_frames(levels: Levels, model_info, grid: Grid, seeds, context):
+    """(roc, norms, scores) frames: ROC points, per-image norms (and relative to the clean
+    mean) and score histograms of every model, seed and width at the primary fold level."""
+    roc_rows, norm_rows, score_rows = [], [], []
+    for name in sorted(model_info):
+        method = model_info[name].method
+        for seed in seeds:
+            clean_norm_mean = float(levels(name, seed, 1.0)[4].mean())
+            for scale, size in grid:
+                s, _, _, same, norms = levels(name, seed, scale)
+                head = (name, method, seed, scale, size)
+                roc_rows += [(*head, far, tar) for far, tar in roc_points(s, same)]
+                edges, gen, imp = score_histogram(s, same)
+                score_rows += [
+                    (*head, edges[b], edges[b + 1], gen[b], imp[b]) for b in range(edges.size - 1)
+                ]
+                rel = clean_norm_mean if clean_norm_mean > 0 else math.nan
+                norm_rows += [(*head, i, v, v / rel) for i, v in enumerate(norms)]
+    keys = ("model", "method", "seed", "scale", "size_px")
+    frames = (
+        pd.DataFrame(roc_rows, columns=[*keys, "far", "tar"]),
+        pd.DataFrame(norm_rows, columns=[*keys, "image", "norm", "norm_rel"]),
+        pd.DataFrame(score_rows, columns=[*keys, "bin_low", "bin_high", "n_genuine", "n_impostor"]),
+    )
+    for frame in frames:
+        frame.insert(0, "pairing", context["pairing"])
+        frame.insert(0, "dataset", context["dataset"])
+    return frames
+
+
+def assemble(
+    store: CellStore,
+    model_info: dict[str, ModelEntry],
+    grid: Grid,
+    folds: Sequence[int],
+    seeds: Sequence[int],
+    fars: Sequence[float],
+    context: dict[str, str],
+    config: SweepConfig,
+    timings: dict[str, float],
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Cells -> (results table, ROC points, per-image norms, score histograms), all
+    deterministic."""
+    rows = _cell_rows(store, model_info, dict(grid), context)
+    levels = Levels(store, sorted(model_info), folds, seeds)
+    pooled = len(folds) > 1
+    if pooled:
+        rows += _pooled_rows(levels, model_info, grid, seeds, fars, context)
+    table = to_frame(rows)
+    level_fold = POOLED if pooled else folds[0]
+    summary = robustness_rows(
+        table[table["fold"] == level_fold],
+        target_tar=config.critical_tar,
+        target_far=config.critical_far,
+    )
+    t0 = time.perf_counter()
+    boots = Bootstraps(store, levels, folds, seeds, fars, config)
+    extra = _bootstrap_rows(boots, model_info, grid, seeds, level_fold, context)
+    timings["bootstrap"] = time.perf_counter() - t0
+    table = sort_table(
+        normalise(pd.concat([table, to_frame(summary), to_frame(extra)], ignore_index=True))
+    )
+    return (table, *_side_frames(levels, model_info, grid, seeds, context))
+
+
+class Bootstraps:
+    """The paired bootstraps of a sweep (:func:`lowres.bootstrap.bootstrap_tar`): a Ring
+    margin (a model vs its base) or a seed mean, at one scale, each cached in ``cells/`` as
+    ``<prefix>__<model>__<size>px__<digest>.json``.
+
+    The cache key holds every model's cell keys, the FARs and the bootstrap settings, so a
+    rerun (or a sweep extended by another scale) reuses every result already computed."""
+
+    def __init__(self, store: CellStore, levels: Levels, folds, seeds, fars, config):
+        self.store, self.levels = store, levels
+        self.folds, self.seeds, self.fars = list(folds), list(seeds), list(fars)
+        self.n_boot, self.boot_seed = int(config.n_boot), int(config.boot_seed)
+
+    def margin(self, name: str, base: str, scale: float) -> dict:
+        """Ring-margin bootstrap of ``name`` vs ``base`` (paired over identities and seeds)."""
+        return self._cached(
+            (name, base),
+            scale,
+            fmt="lowres-margin/1",
+            prefix="margin",
+            summarise=lambda boot: {
+                k: [float(v) for v in boot[k]] for k in ("diff_point", "diff_low", "diff_high")
+            },
+        )
+
+    def seed_mean(self, name: str, scale: float) -> dict:
+        """Seed-mean TAR of one model with its identity + seed bootstrap interval."""
+        return self._cached(
+            (name,),
+            scale,
+            fmt="lowres-seedmean/1",
+            prefix="seedmean",
+            summarise=lambda boot: {
+                k: [float(v) for v in boot[k][0]] for k in ("point", "low", "high")
+            },
+        )
+
+    def _cached(
+        self, models: tuple[str, ...], scale: float, *, fmt: str, prefix: str, summarise: Callable
+    ) -> dict:
+        key: dict[str, Any] = {"format": fmt}
+        for role, name in zip(("model", "base"), models, strict=False):
+            key[role] = [
+                self.store[(name, f, s, scale)]["key"] for f in self.folds for s in self.seeds
+            ]
+        key |= {
+            "fars": [repr(float(f)) for f in self.fars],
+            "n_boot": self.n_boot,
+            "boot_seed": self.boot_seed,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        size = key["model"][0]["size_px"]
+        path = self.store.folder / f"{prefix}__{slug(models[0])}__{size:04d}px__{digest}.json"
+        if path.is_file():
+            try:
+                cached = json.loads(path.read_text(encoding="utf-8"))
+                if cached.get("key") == key:
+                    return cached
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                pass
+        groups = [[self.levels(name, seed, scale)[:3] for name in models] for seed in self.seeds]
+        boot = bootstrap_tar(groups, self.fars, n_boot=self.n_boot, seed=self.boot_seed)
+        same = groups[0][0][1] == groups[0][0][2]
+        result = {
+            "key": key,
+            **summarise(boot),
+            "n_genuine": int(same.sum()),
+            "n_impostor": int((~same).sum()),
+        }
+        atomic_write_json(path, result)
+        return json.loads(path.read_text(encoding="utf-8"))

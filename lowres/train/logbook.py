@@ -1,0 +1,143 @@
+"""What a run reports: the per-epoch sums and rows of ``log.csv`` and the progress line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lowres.checkpoint import (
+    atomic_write_text,
+)
+from lowres.train.data import VAL_FAR
+
+LOG_FILE = "log.csv"
+
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, one line per epoch
+    otherwise, so CI logs stay readable)."""
+
+    def __init__(self, enabled: bool, epochs: int, steps: int) -> None:
+        self.enabled = enabled
+        self.epochs, self.steps = epochs, steps
+        self.tty = enabled and sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, epoch: int, step: int, loss: float, acc: float, rate: float) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if step < self.steps and now - self.last < 0.2:
+            return
+        self.last = now
+        filled = int(24 * step / max(1, self.steps))
+        bar = "#" * filled + "." * (24 - filled)
+        sys.stderr.write(
+            f"\repoch {epoch}/{self.epochs} [{bar}] {step}/{self.steps} "
+            f"loss {loss:.3f} acc {acc:.3f} {rate:.0f} img/s"
+        )
+        sys.stderr.flush()
+
+    def epoch_done(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        text = (
+            f"epoch {row['epoch']}/{self.epochs} loss {row['loss']:.4f} "
+            f"acc {row['train_acc']:.3f} |f| {row['norm_mean']:.2f}+-{row['norm_std']:.2f} "
+            f"lr {row['lr']:.3g} {row['seconds']:.1f}s"
+        )
+        if "val_tar" in row:
+            text += f" val TAR@{VAL_FAR:g} {row['val_tar']:.3f}"
+        sys.stderr.write(("\r" + text + " " * 10 + "\n") if self.tty else text + "\n")
+        sys.stderr.flush()
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+class EpochStats:
+    """Running sums of one epoch (float64 on the host; restorable from the state)."""
+
+    def __init__(self, values: dict | None = None) -> None:
+        values = values or {}
+        self.loss = float(values.get("loss", 0.0))
+        self.parts: dict[str, float] = dict(values.get("parts", {}))
+        self.correct = int(values.get("correct", 0))
+        self.count = int(values.get("count", 0))
+        self.norm_sum = float(values.get("norm_sum", 0.0))
+        self.norm_sq = float(values.get("norm_sq", 0.0))
+        self.seconds = float(values.get("seconds", 0.0))
+        self.steps = int(values.get("steps", 0))
+
+    def add(
+        self,
+        loss_sum: float,
+        part_sums: dict[str, float],
+        correct: int,
+        count: int,
+        norm_sum: float,
+        norm_sq: float,
+    ) -> None:
+        """Add one step's sums over its (global) batch: loss and parts times images, correct
+        predictions, images, and the sum and sum of squares of feature norms."""
+        self.loss += loss_sum
+        for key, value in part_sums.items():
+            self.parts[key] = self.parts.get(key, 0.0) + value
+        self.correct += correct
+        self.count += count
+        self.norm_sum += norm_sum
+        self.norm_sq += norm_sq
+        self.steps += 1
+
+    def to_dict(self) -> dict:
+        return {
+            "loss": self.loss,
+            "parts": dict(self.parts),
+            "correct": self.correct,
+            "count": self.count,
+            "norm_sum": self.norm_sum,
+            "norm_sq": self.norm_sq,
+            "seconds": self.seconds,
+            "steps": self.steps,
+        }
+
+    def row(self, epoch: int, iteration: int, lr: float, stats: dict) -> dict:
+        n = max(1, self.count)
+        mean = self.norm_sum / n
+        var = max(0.0, self.norm_sq / n - mean * mean)
+        row: dict[str, Any] = {"epoch": epoch, "iter": iteration, "loss": self.loss / n}
+        for key in sorted(self.parts):
+            row[f"loss_{key}"] = self.parts[key] / n
+        row.update(
+            train_acc=self.correct / n,
+            norm_mean=mean,
+            norm_std=math.sqrt(var),
+            R=float(stats.get("R", float("nan"))),
+            lambda_sf=float(stats.get("lambda_sf", float("nan"))),
+            lr=lr,
+            seconds=self.seconds,
+            img_per_s=self.count / self.seconds if self.seconds > 0 else float("nan"),
+        )
+        return row
