@@ -8,13 +8,13 @@ from pathlib import Path
 
 from lowres.processes import run_parallel
 from lowres.study.schema import Study
-from lowres.sweep import default_model_cache
+from lowres.sweep.config import resolve_model_cache
 from lowres.train import TrainConfig, train_cached
 
 
 def cache_root(study: Study) -> Path:
     """The model cache of ``study`` (its ``model_cache`` or the default)."""
-    return study.model_cache if study.model_cache is not None else default_model_cache()
+    return resolve_model_cache(study.model_cache)
 
 
 def cached_train(config_dict: dict, cache: str | os.PathLike) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lowres.data.images import cache_dir_default
 from lowres.embed import pick_device
 from lowres.errors import ConfigError, ResultsError
 
@@ -46,9 +47,12 @@ MAX_PAIRS = 20_000_000
 
 def default_model_cache() -> Path:
     """``$LOWRES_CACHE/models`` if set, else ``~/.cache/lowres/models``."""
-    root = os.environ.get("LOWRES_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "lowres"
-    return base / "models"
+    return cache_dir_default() / "models"
+
+
+def resolve_model_cache(path: str | os.PathLike | None) -> Path:
+    """``path``, or :func:`default_model_cache` when it is None or empty."""
+    return Path(path) if path else default_model_cache()
 
 
 @dataclass(frozen=True)
@@ -279,4 +283,4 @@ def device_name(name: str) -> str:
 
 def model_cache_of(config: SweepConfig) -> Path:
     """The folder ``config``'s on-demand models are cached in (``model_cache`` or the default)."""
-    return Path(config.model_cache) if config.model_cache else default_model_cache()
+    return resolve_model_cache(config.model_cache)
