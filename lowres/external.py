@@ -1,4 +1,5 @@
-"""External models: TorchScript archives and ONNX graphs evaluated next to lowres checkpoints.
+"""External models: TorchScript archives, ONNX graphs and Python factories, evaluated next to
+lowres checkpoints.
 
 An external model is one file plus an *input adapter* (the same
 :class:`lowres.embed.InputAdapter` lowres checkpoints carry): which channels in which order,
@@ -13,6 +14,9 @@ the identical degraded pixels it feeds every other model, through that adapter.
     onnx:nets/r50.bin(flip=sum)   ONNX; adapter from nets/r50.adapter.json, flip overridden
     ts:nets/arcface.pt(channels=rgb,size=112x112,mean=127.5,std=127.5)
                                   TorchScript; the whole adapter inline, no sidecar needed
+    py:mypkg.nets:make_model(width=64,flip=sum)
+                                  Python: imports mypkg.nets and calls make_model(width=64);
+                                  adapter keys inline override the adapter it returns
 
 - Format: the ``ts:`` / ``onnx:`` prefix when given, else ``.onnx`` files are ONNX and every
   other file is TorchScript. A folder (or a ``model.json`` / ``model.safetensors`` path) is a
@@ -25,6 +29,17 @@ the identical degraded pixels it feeds every other model, through that adapter.
   required: a silently assumed normalisation would give wrong numbers, not an error.
 - Inline ``(key=value,...)``: overrides sidecar keys one by one, or stands in for a missing
   sidecar; ``size=HxW``.
+
+**Python factories** (``py:package.module:factory``): lowres imports ``package.module`` (so
+its top-level code runs: name only modules you trust) and calls ``factory(**kwargs)`` with the
+inline items that are not adapter keys (values read as JSON where they parse: ``64``, ``true``,
+else text). The factory returns ``(model, adapter)``: a ``torch.nn.Module`` or any callable
+mapping the float batch to ``(B, D)`` features, and an :class:`InputAdapter` or a dict of adapter
+fields (or None when the inline items give the whole adapter). The model id is
+``package.module:factory`` plus its non-adapter items. Its cache identity hashes the module's
+source file, the items, the adapter and the model's ``lowres_identity`` attribute when it has
+one (e.g. the sha256 of weights it reads from disk): a factory that loads other weights without
+saying so in ``lowres_identity`` would reuse stale cells.
 
 **Contract.** The model maps a float32 batch ``(B, C, H, W)`` (C = 1 for grey, else 3) to
 features ``(B, D)``: a TorchScript archive through its ``forward``, an ONNX graph through its
@@ -55,11 +70,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import io
 import json
 import math
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +94,7 @@ __all__ = [
     "FORMATS",
     "ExternalSpec",
     "OnnxModel",
+    "PythonModel",
     "TorchScriptModel",
     "adapter_from_fields",
     "dry_run",
@@ -90,14 +108,15 @@ __all__ = [
     "sidecar_candidates",
 ]
 
-FORMATS = ("torchscript", "onnx")
-PREFIXES = {"ts:": "torchscript", "onnx:": "onnx"}
+FORMATS = ("torchscript", "onnx", "python")
+PREFIXES = {"ts:": "torchscript", "onnx:": "onnx", "py:": "python"}
 MODEL_SUFFIXES = (".pt", ".pth", ".jit", ".ts", ".torchscript", ".onnx")
 """Suffixes that mark an external model in ``--models`` even before the file is found."""
 ADAPTER_KEYS = ("channels", "size", "mean", "std", "flip")
 REQUIRED_KEYS = ("channels", "size", "mean", "std")
 _CHECKPOINT_FILES = ("model.json", "model.safetensors", "state.pt")
 _INLINE = re.compile(r"^(?P<path>.+?)\((?P<args>[^()]*)\)$")
+_TARGET = re.compile(r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<factory>[A-Za-z_]\w*)$")
 DRY_RUN_BATCH = 2
 """Images in the load-time dry run: more than one, so a graph with a fixed batch of 1 fails."""
 
@@ -107,16 +126,30 @@ class ExternalSpec:
     """A parsed ``--models`` entry for an external model.
 
     Attributes:
-        path: the model file.
-        format: ``"torchscript"`` or ``"onnx"``.
-        adapter: the InputAdapter (sidecar merged with inline values).
+        path: the model file (for a Python factory: its module's source file, or None).
+        format: ``"torchscript"``, ``"onnx"`` or ``"python"``.
+        adapter: the InputAdapter (sidecar or factory, merged with inline values).
         adapter_source: where the adapter came from (sidecar path, ``"inline"``, or both).
+        target: ``package.module:factory`` of a Python factory, else empty.
+        kwargs: the factory's keyword arguments (inline items that are not adapter keys).
+        identity: the factory model's ``lowres_identity`` (part of its cache identity).
     """
 
-    path: Path
+    path: Path | None
     format: str
     adapter: InputAdapter
     adapter_source: str
+    target: str = ""
+    kwargs: tuple = ()
+    identity: str = ""
+
+    @property
+    def name(self) -> str:
+        """The model id in the results: the file name, or the factory with its arguments."""
+        if self.format != "python":
+            return self.path.name
+        args = ",".join(f"{k}={v}" for k, v in self.kwargs)
+        return self.target + (f"({args})" if args else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,6 +305,8 @@ def parse_external(text: str) -> ExternalSpec:
         ConfigError: no sidecar and no inline adapter, two sidecars, or a bad adapter value.
     """
     fmt, path_text, inline = _split_syntax(str(text))
+    if fmt == "python":
+        return _parse_python(path_text.strip(), inline, str(text))
     path = Path(path_text).expanduser()
     if not path.exists():
         raise CheckpointError(
@@ -306,14 +341,135 @@ def parse_external(text: str) -> ExternalSpec:
 
 
 def model_hash(spec: ExternalSpec) -> str:
-    """Cache identity: sha256 of (format, the file's sha256, the adapter fields), 16 hex."""
-
-    payload = {
+    """Cache identity: sha256 of (format, the file's sha256, the adapter fields), 16 hex; for a
+    Python factory also its target, arguments and ``lowres_identity``."""
+    payload: dict[str, Any] = {
         "format": spec.format,
-        "file_sha256": sha256_file(spec.path),
+        "file_sha256": sha256_file(spec.path) if spec.path is not None else "",
         "adapter": dataclasses.asdict(spec.adapter),
     }
+    if spec.format == "python":
+        payload.update(target=spec.target, kwargs=list(spec.kwargs), identity=spec.identity)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Python factories
+# --------------------------------------------------------------------------------------------
+
+_FACTORY_MODELS: dict[tuple[str, tuple], tuple[nn.Module, Any]] = {}
+"""Each (target, kwargs) called once per process: parse and every (fold, seed) reuse it."""
+
+
+class PythonModel(nn.Module):
+    """A factory's model as a lowres model: ``embed(x)`` calls it (a Module is a submodule, so
+    ``.to(device)`` and ``.eval()`` reach it)."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        if isinstance(fn, nn.Module):
+            self.inner = fn
+        else:
+            self.inner = None
+            self.fn = fn
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised images -> (B, D) features."""
+        out = self.inner(x) if self.inner is not None else self.fn(x)
+        return torch.as_tensor(out, device=x.device) if not isinstance(out, torch.Tensor) else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+
+def _kwarg(value: str) -> Any:
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if isinstance(parsed, (int, float, bool)) or parsed is None else value
+
+
+def _call_factory(target: str, kwargs: tuple) -> tuple[nn.Module, Any]:
+    """Import the module, call the factory once (cached per process), check what it returns."""
+    key = (target, kwargs)
+    if key in _FACTORY_MODELS:
+        return _FACTORY_MODELS[key]
+    module_name, factory_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise ConfigError(
+                f"py: module {module_name!r} is not installed or not on the path ({exc}); "
+                "pip install it or add its folder to PYTHONPATH"
+            ) from None
+        raise ConfigError(f"importing {module_name} failed: {_last_line(exc)}") from None
+    except Exception as exc:  # the module's own top-level code failed
+        raise ConfigError(f"importing {module_name} failed: {_last_line(exc)}") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ConfigError(
+            f"module {module_name} has no callable {factory_name!r}; name a function that "
+            "returns (model, adapter)"
+        )
+    try:
+        made = factory(**dict(kwargs))
+    except Exception as exc:  # foreign code: its failure becomes one line
+        raise ConfigError(f"{target}({_args_text(kwargs)}) failed: {_last_line(exc)}") from None
+    if not (isinstance(made, tuple) and len(made) == 2 and callable(made[0])):
+        raise ConfigError(
+            f"{target} returned {type(made).__name__}; it must return (model, adapter): a "
+            "torch.nn.Module or callable, and an InputAdapter, a dict of adapter fields or None"
+        )
+    model = PythonModel(made[0]).eval()
+    _FACTORY_MODELS[key] = (model, made[1])
+    return model, made[1]
+
+
+def _args_text(kwargs: tuple) -> str:
+    return ",".join(f"{k}={v!r}" for k, v in kwargs)
+
+
+def _parse_python(target: str, inline: str | None, text: str) -> ExternalSpec:
+    """``py:package.module:factory[(items)]`` -> ExternalSpec, the factory called (once)."""
+    if not _TARGET.match(target):
+        raise ConfigError(
+            f"py: model {target!r} is not package.module:factory; e.g. py:mypkg.models:make_model"
+        )
+    items = _parse_inline(inline, text) if inline is not None else {}
+    inline_adapter = {k: v for k, v in items.items() if k in ADAPTER_KEYS}
+    kwargs = tuple(sorted((k, _kwarg(str(v))) for k, v in items.items() if k not in ADAPTER_KEYS))
+    model, given = _call_factory(target, kwargs)
+    if isinstance(given, InputAdapter):
+        fields = dataclasses.asdict(given)
+    elif isinstance(given, dict):
+        fields = dict(given)
+    elif given is None:
+        fields = {}
+    else:
+        raise ConfigError(
+            f"{target} returned an adapter of type {type(given).__name__}; return an "
+            "InputAdapter, a dict of adapter fields or None"
+        )
+    sources = [target] if given is not None else []
+    if inline_adapter:
+        fields.update(inline_adapter)
+        sources.append("inline")
+    where = " + ".join(sources) or target
+    adapter = adapter_from_fields(fields, where)
+    source = getattr(sys.modules[target.split(":")[0]], "__file__", None)
+    return ExternalSpec(
+        path=Path(source) if source else None,
+        format="python",
+        adapter=adapter,
+        adapter_source=where,
+        target=target,
+        kwargs=kwargs,
+        identity=str(
+            getattr(model.inner if model.inner is not None else model.fn, "lowres_identity", "")
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,11 +666,13 @@ def load_external(
 
 def load_spec(spec: ExternalSpec) -> nn.Module:
     """The module of a parsed entry, loaded and dry-run (see :func:`load_external`)."""
-    if spec.format == "onnx":
+    if spec.format == "python":
+        module = _call_factory(spec.target, spec.kwargs)[0]
+    elif spec.format == "onnx":
         module = _load_onnx(spec.path, spec.adapter, spec.adapter_source)
     else:
         module = _load_torchscript(spec.path)
-    dry_run(module, spec.adapter, spec.path.name, spec.adapter_source)
+    dry_run(module, spec.adapter, spec.name, spec.adapter_source)
     return module
 
 

@@ -301,3 +301,131 @@ def test_onnx_input_shape_that_does_not_fit_the_adapter(exported, tmp_path, case
     with pytest.raises(ConfigError, match=match) as info:
         E.load_external(path)
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# py:package.module:factory
+# --------------------------------------------------------------------------------------------
+
+PY_MODULE = '''
+import math
+import torch
+from lowres.checkpoint import load_checkpoint
+
+CALLS = []
+GREY8 = {"channels": "grey", "size": [8, 8], "mean": 0, "std": 1}
+
+
+def from_checkpoint(path):
+    """The lowres checkpoint's own network, handed over as a plain module."""
+    loaded = load_checkpoint(path)
+    CALLS.append(path)
+    return loaded.model, loaded.adapter
+
+
+def linear(width=4, scale=1.0):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 12, int(width)))
+    net.lowres_identity = f"linear-v1-{scale}"
+    return net, {"channels": "grey", "size": [16, 12], "mean": 127.5, "std": 127.5}
+
+
+def as_function():
+    return (lambda x: x.flatten(1)[:, :5] * 2.0), None
+
+
+def no_adapter():
+    return torch.nn.Flatten(), None
+
+
+def flat_output():
+    return (lambda x: x.sum(dim=(1, 2, 3))), GREY8
+
+
+def nan_output():
+    return (lambda x: x.flatten(1) * math.nan), GREY8
+
+
+def raises():
+    raise RuntimeError("weights file missing")
+
+
+def wrong_return():
+    return "not a model"
+
+
+not_callable = 3
+'''
+
+
+@pytest.fixture
+def py_module(tmp_path, monkeypatch):
+    """A module the test writes, importable as ``lowres_test_factories``."""
+    import sys
+
+    (tmp_path / "lowres_test_factories.py").write_text(PY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(E, "_FACTORY_MODELS", {})
+    yield "lowres_test_factories"
+    sys.modules.pop("lowres_test_factories", None)
+
+
+def test_python_factory_sweeps_to_the_native_table(exported, swept, py_module):
+    ckpt, _, _, cache, root = exported
+    target = f"py:{py_module}:from_checkpoint(path={ckpt})"
+    spec = E.parse_external(target)
+    assert spec.format == "python" and spec.name == f"{py_module}:from_checkpoint(path={ckpt})"
+    result = _sweep([target], root / "py", cache)
+    table = result.table
+    assert set(table["model"]) == {spec.name, S.PIXELS}
+    assert set(table.loc[table["model"] == spec.name, "method"]) == {"python"}
+    # The same network on the same pixels: exactly the checkpoint's numbers.
+    native = swept[0].table
+    assert_frame_equal(_rows(native, Path(ckpt).name), _rows(table, spec.name), check_exact=True)
+    module = __import__(py_module)
+    assert len(module.CALLS) == 1  # called once for the dry run and every (fold, seed)
+
+
+def test_python_factory_arguments_adapter_and_identity(py_module):
+    spec = E.parse_external(f"py:{py_module}:linear(width=6,flip=sum)")
+    assert dict(spec.kwargs) == {"width": 6} and spec.adapter.flip == "sum"
+    assert spec.adapter.size == (16, 12) and spec.adapter_source == f"{py_module}:linear + inline"
+    module = E.load_spec(spec)
+    x = torch.randn(3, 1, 16, 12, generator=torch.Generator().manual_seed(0))
+    direct = __import__(py_module).linear(width=6)[0]
+    with torch.inference_mode():
+        assert torch.equal(module.embed(x), direct(x))
+    assert spec.identity == "linear-v1-1.0"
+    hashes = {
+        E.model_hash(E.parse_external(f"py:{py_module}:{call}"))
+        for call in ("linear", "linear(width=6)", "linear(scale=2)", "linear(flip=sum)")
+    }
+    assert len(hashes) == 4  # arguments, identity and adapter all key the cells
+    fn = E.parse_external(f"py:{py_module}:as_function(channels=grey,size=4x4,mean=0,std=1)")
+    assert fn.adapter.size == (4, 4) and E.dry_run(E.load_spec(fn), fn.adapter, fn.name) == 5
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        ("no_such_module_xyz:make", "py: module 'no_such_module_xyz' is not installed"),
+        ("{mod}:missing", "has no callable 'missing'"),
+        ("{mod}:not_callable", "has no callable 'not_callable'"),
+        ("{mod}:raises", "failed: weights file missing"),
+        ("{mod}:wrong_return", "must return (model, adapter)"),
+        ("{mod}:no_adapter", "lacks channels, size, mean, std"),
+        ("{mod}:flat_output", "returns (2,) for a batch of 2"),
+        ("{mod}:nan_output", "NaN/inf features"),
+        ("{mod}.make", "is not package.module:factory"),
+    ],
+)
+def test_bad_python_model_exits_2_with_one_line(exported, tmp_path, py_module, call, expected):
+    cache = exported[3]
+    out = tmp_path / "out"
+    model = "py:" + call.format(mod=py_module)
+    args = ["sweep", "--data", "orl", "--folds", "0", "--scales", "1,0.5", "--models", model]
+    result = _cli([*args, "--out", out, "--model-cache", cache, "--no-plot", "--jobs", "1"])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert expected in line, line
+    assert not out.exists()

@@ -227,7 +227,7 @@ def _path_entry(text: str) -> ModelEntry:
     if external.is_external(text):
         ext = external.parse_external(text)
         external.load_spec(ext)
-        return ModelEntry(name=ext.path.name, kind="external", method=ext.format, source=text)
+        return ModelEntry(name=ext.name, kind="external", method=ext.format, source=text)
     path = Path(text).expanduser()
     if not path.exists():
         raise CheckpointError(
