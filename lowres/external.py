@@ -116,6 +116,9 @@ ADAPTER_KEYS = ("channels", "size", "mean", "std", "flip")
 REQUIRED_KEYS = ("channels", "size", "mean", "std")
 _CHECKPOINT_FILES = ("model.json", "model.safetensors", "state.pt")
 _INLINE = re.compile(r"^(?P<path>.+?)\((?P<args>[^()]*)\)$")
+BUILTIN = {"dlib": "lowres.reference.dlib:recognizer"}
+"""Reference models by name (``--models dlib`` or ``dlib(size=112x92)``): Python factories of
+:mod:`lowres.reference`, each from its optional extra."""
 _TARGET = re.compile(r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<factory>[A-Za-z_]\w*)$")
 DRY_RUN_BATCH = 2
 """Images in the load-time dry run: more than one, so a graph with a fixed batch of 1 fails."""
@@ -145,11 +148,13 @@ class ExternalSpec:
 
     @property
     def name(self) -> str:
-        """The model id in the results: the file name, or the factory with its arguments."""
+        """The model id in the results: the file name, or the factory (a builtin's name) with
+        its arguments."""
         if self.format != "python":
             return self.path.name
         args = ",".join(f"{k}={v}" for k, v in self.kwargs)
-        return self.target + (f"({args})" if args else "")
+        builtin = {target: name for name, target in BUILTIN.items()}.get(self.target)
+        return (builtin or self.target) + (f"({args})" if args else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,8 +163,13 @@ class ExternalSpec:
 
 
 def _split_syntax(text: str) -> tuple[str | None, str, str | None]:
-    """``[ts:|onnx:]PATH[(args)]`` -> (format or None, path text, inline args or None)."""
+    """``[ts:|onnx:|py:]PATH[(args)]`` (or a :data:`BUILTIN` name) -> (format or None, path
+    text or factory target, inline args or None)."""
     text = text.strip()
+    head = text.split("(", 1)[0].strip().lower()
+    if head in BUILTIN and not Path(text).expanduser().exists():
+        match = _INLINE.match(text)
+        return "python", BUILTIN[head], match["args"] if match else None
     fmt = None
     for prefix, name in PREFIXES.items():
         if text.lower().startswith(prefix):
