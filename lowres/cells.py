@@ -438,6 +438,7 @@ def cell_metric_rows(
     fars: Sequence[float],
     clean: dict[str, Any] | None,
     pair_folds: np.ndarray | None = None,
+    flags: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Metric rows of one cell (model x scale) from its pair scores and feature norms.
 
@@ -448,6 +449,9 @@ def cell_metric_rows(
         clean: the clean reference (``{"thresholds": {repr(far): t}, "norm_mean": m}``) of
             this model, or None when this cell *is* the clean one.
         pair_folds: (P,) fold id per pair of a fixed pair list (10-fold accuracy), or None.
+        flags: per-image booleans the model reported for the probe-side images (name -> (N,)),
+            each giving a row ``<name>_share`` (e.g. ``no_face_share``: images where a
+            detector found no face).
 
     Returns:
         (rows with metric/far/value/... fields, this cell's own clean-reference dict).
@@ -498,6 +502,8 @@ def cell_metric_rows(
     rows.append(dict(metric="norm_std", value=float(norms.std())))
     ref_mean = clean["norm_mean"] if clean else norm_mean
     rows.append(dict(metric="norm_ratio", value=norm_mean / ref_mean if ref_mean > 0 else math.nan))
+    for name, mask in sorted((flags or {}).items()):
+        rows.append(dict(metric=f"{name}_share", value=float(np.asarray(mask, bool).mean())))
     return rows, {"thresholds": thresholds, "norm_mean": norm_mean}
 
 

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -90,10 +90,13 @@ class Embeddings:
     Attributes:
         features: float32 (N, D'); D' = 2D with ``flip="concat"``.
         norms: float32 (N,), L2 norm of the un-flipped embedding f(x).
+        flags: per-image booleans a model reports about its inputs (name -> bool (N,)), e.g.
+            ``no_face`` from a detector that found no face; empty for most models.
     """
 
     features: torch.Tensor
     norms: torch.Tensor
+    flags: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def adapt(images: torch.Tensor, adapter: InputAdapter) -> torch.Tensor:
@@ -140,13 +143,19 @@ def pick_device(name: str | torch.device | None = None) -> torch.device:
     return device
 
 
-def _features(model: nn.Module, x: torch.Tensor, flip: str, amp: bool) -> tuple:
+def _features(
+    model: nn.Module, x: torch.Tensor, flip: str, amp: bool, clean: torch.Tensor | None = None
+) -> tuple:
     # One forward over [x, flip(x)]: a single larger batch uses the device better than two.
     batch = torch.cat([x, x.flip(-1)]) if flip != "none" else x
     if amp:
         batch = batch.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-        out = model.embed(batch)
+        if clean is None:
+            out = model.embed(batch)
+        else:
+            pair = torch.cat([clean, clean.flip(-1)]) if flip != "none" else clean
+            out = model.embed(batch, clean=pair)
     out = out.float()
     if out.ndim != 2 or out.shape[0] != batch.shape[0]:
         raise ConfigError(
@@ -207,6 +216,11 @@ def embed_many(
     (their training flag is restored afterwards); on CUDA with fp16 autocast and
     channels_last. Image i's noise depends only on (seed, i), not on ``batch_size``.
 
+    Two optional model attributes: ``wants_clean = True`` makes the call
+    ``model.embed(x, clean=c)`` with ``c`` the same images undegraded, through the same adapter
+    (a recognizer that aligns on landmarks found on the clean image); after each call,
+    ``model.last_flags`` (name -> (B,) bools) is collected into :attr:`Embeddings.flags`.
+
     Args:
         images: uint8 (N, C, H, W), C in {1, 3} (RGB order), on any device.
         models: name -> (module with ``.embed``, InputAdapter).
@@ -248,18 +262,24 @@ def embed_many(
 
     feats: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     norms: dict[str, list[torch.Tensor]] = {name: [] for name in models}
+    flags: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in models}
     try:
         with torch.inference_mode():
             for start in range(0, images.shape[0], batch_size):
                 # One fused uint8 -> float32 pass, bit-identical to .float().div(255).
-                batch = images[start : start + batch_size] / 255.0
+                clean = images[start : start + batch_size] / 255.0
                 batch = _degrade.degrade(
-                    batch, scale, spec, size_px=size_px, seed=seed, index_offset=start
+                    clean, scale, spec, size_px=size_px, seed=seed, index_offset=start
                 )
                 for name, (model, adapter) in models.items():
-                    f, n = _features(model, adapt(batch, adapter), adapter.flip, amp=cuda)
+                    ref = adapt(clean, adapter) if getattr(model, "wants_clean", False) else None
+                    f, n = _features(model, adapt(batch, adapter), adapter.flip, cuda, ref)
                     feats[name].append(f)
                     norms[name].append(n)
+                    for key, mask in (getattr(model, "last_flags", None) or {}).items():
+                        flags[name].setdefault(key, []).append(
+                            torch.as_tensor(mask).bool()[: len(batch)]
+                        )
     finally:
         for name, (model, _) in models.items():
             model.train(was_training[name])
@@ -267,6 +287,7 @@ def embed_many(
         name: Embeddings(
             features=torch.cat(feats[name]).cpu() if feats[name] else torch.empty(0, 0),
             norms=torch.cat(norms[name]).cpu() if norms[name] else torch.empty(0),
+            flags={k: torch.cat(v).cpu() for k, v in flags[name].items()},
         )
         for name in models
     }

@@ -119,6 +119,8 @@ _INLINE = re.compile(r"^(?P<path>.+?)\((?P<args>[^()]*)\)$")
 BUILTIN = {"dlib": "lowres.reference.dlib:recognizer"}
 """Reference models by name (``--models dlib`` or ``dlib(size=112x92)``): Python factories of
 :mod:`lowres.reference`, each from its optional extra."""
+RECORDED = {"lowres.reference.dlib:recognizer": {"align": "clean"}}
+"""Factory settings always written into the model id, with their defaults (dlib's alignment)."""
 _TARGET = re.compile(r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<factory>[A-Za-z_]\w*)$")
 DRY_RUN_BATCH = 2
 """Images in the load-time dry run: more than one, so a graph with a fixed batch of 1 fails."""
@@ -383,9 +385,24 @@ class PythonModel(nn.Module):
             self.inner = None
             self.fn = fn
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised images -> (B, D) features."""
-        out = self.inner(x) if self.inner is not None else self.fn(x)
+    @property
+    def _target(self) -> Any:
+        return self.inner if self.inner is not None else self.fn
+
+    @property
+    def wants_clean(self) -> bool:
+        """Whether the factory's model takes the undegraded images too (``clean=``)."""
+        return bool(getattr(self._target, "wants_clean", False))
+
+    @property
+    def last_flags(self) -> dict | None:
+        """The factory's model's per-image flags of its last call, if it reports any."""
+        return getattr(self._target, "last_flags", None)
+
+    def embed(self, x: torch.Tensor, clean: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) normalised images -> (B, D) features (``clean``: the same images
+        undegraded, for a model with ``wants_clean``)."""
+        out = self._target(x) if clean is None else self._target(x, clean=clean)
         return torch.as_tensor(out, device=x.device) if not isinstance(out, torch.Tensor) else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -449,7 +466,8 @@ def _parse_python(target: str, inline: str | None, text: str) -> ExternalSpec:
         )
     items = _parse_inline(inline, text) if inline is not None else {}
     inline_adapter = {k: v for k, v in items.items() if k in ADAPTER_KEYS}
-    kwargs = tuple(sorted((k, _kwarg(str(v))) for k, v in items.items() if k not in ADAPTER_KEYS))
+    given_kwargs = {k: _kwarg(str(v)) for k, v in items.items() if k not in ADAPTER_KEYS}
+    kwargs = tuple(sorted({**RECORDED.get(target, {}), **given_kwargs}.items()))
     model, given = _call_factory(target, kwargs)
     if isinstance(given, InputAdapter):
         fields = dataclasses.asdict(given)
@@ -476,9 +494,7 @@ def _parse_python(target: str, inline: str | None, text: str) -> ExternalSpec:
         adapter_source=where,
         target=target,
         kwargs=kwargs,
-        identity=str(
-            getattr(model.inner if model.inner is not None else model.fn, "lowres_identity", "")
-        ),
+        identity=str(getattr(model._target, "lowres_identity", "")),
     )
 
 

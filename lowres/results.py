@@ -35,7 +35,9 @@ Row kinds, by metric (direction for ``lowres check`` in brackets: + higher is be
   ``accuracy_std`` (10-fold, fixed pair lists only), ``genuine_cos_mean`` [+],
   ``impostor_cos_mean``, ``norm_mean``, ``norm_std``, ``norm_ratio`` (mean norm at this scale over
   the model's clean mean norm), ``transfer_far`` and ``transfer_frr`` (the threshold chosen at
-  each FAR on clean pairs applied at this scale: calibration drift);
+  each FAR on clean pairs applied at this scale: calibration drift), and for a model that
+  flags its inputs ``<flag>_share`` (e.g. ``no_face_share``: the share of probes in which the
+  dlib reference model's detector found no face; see :mod:`lowres.reference.dlib`);
 * per model and scale: ``tar_drop`` (clean TAR minus TAR at this scale, per FAR);
 * per model: ``resolution_auc`` [+] (per FAR; mean TAR over log2(size_px), i.e. the area under
   TAR vs log2 face width divided by the width of that axis; scale and size_px empty),
@@ -131,6 +133,7 @@ METRICS = (
     "critical_size_px",
     "ring_margin",
     "tar_mean",
+    "no_face_share",
 )
 
 _INT_COLUMNS = ("size_px", "fold", "seed", "n_genuine", "n_impostor")

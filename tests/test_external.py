@@ -355,6 +355,27 @@ def wrong_return():
 
 
 not_callable = 3
+
+
+class Flagging(torch.nn.Module):
+    """Takes the clean images too, and flags those whose clean mean is below 110."""
+
+    wants_clean = True
+
+    def __init__(self):
+        super().__init__()
+        self.last_flags = {}
+        self.calls = []
+
+    def forward(self, x, clean=None):
+        ref = x if clean is None else clean
+        self.calls.append((len(x), clean is not None))
+        self.last_flags = {"dark": ref.flatten(1).mean(1) < 110}
+        return torch.cat([x.flatten(1)[:, :6], ref.flatten(1)[:, :6]], dim=1) / 255.0
+
+
+def flagging():
+    return Flagging(), {"channels": "grey", "size": [112, 92], "mean": 0, "std": 1}
 '''
 
 
@@ -403,6 +424,31 @@ def test_python_factory_arguments_adapter_and_identity(py_module):
     assert len(hashes) == 4  # arguments, identity and adapter all key the cells
     fn = E.parse_external(f"py:{py_module}:as_function(channels=grey,size=4x4,mean=0,std=1)")
     assert fn.adapter.size == (4, 4) and E.dry_run(E.load_spec(fn), fn.adapter, fn.name) == 5
+
+
+def test_python_model_gets_clean_images_and_its_flags_become_rows(exported, py_module, tmp_path):
+    from lowres.data import get_test_split
+    from lowres.results import POOLED
+
+    cache = exported[3]
+    model = f"py:{py_module}:flagging"
+    result = _sweep([model], tmp_path / "flags", cache, folds=(0, 1), scales=(1.0, 0.25))
+    spec = E.parse_external(model)
+    inner = E.load_spec(spec).inner
+    # The dry runs (a zero batch of 2) get no clean images; every embedding call gets them.
+    assert all(has_clean for n, has_clean in inner.calls if n != E.DRY_RUN_BATCH)
+    assert sum(n for n, _ in inner.calls if n != E.DRY_RUN_BATCH) == 4 * 100  # 2 folds x 2 widths
+    rows = result.table[result.table["metric"] == "dark_share"]
+    assert set(rows["size_px"]) == {92, 23} and (rows["model"] == spec.name).all()
+    darks = []
+    for fold in (0, 1):
+        images = get_test_split("orl", fold=fold, seed=S.SPLIT_SEED).images.float()
+        dark = (images.flatten(1).mean(1) < 110).numpy()
+        darks.append(dark)
+        got = rows.loc[rows["fold"] == fold, "value"]
+        assert len(got) == 2 and np.allclose(got, dark.mean())
+    pooled = rows.loc[rows["fold"] == POOLED, "value"]
+    assert len(pooled) == 2 and np.allclose(pooled, np.concatenate(darks).mean())
 
 
 @pytest.mark.parametrize(

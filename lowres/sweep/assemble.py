@@ -110,6 +110,12 @@ class Levels:
             np.concatenate([p["norms"].astype(np.float64) for p, _ in parts]),
         )
 
+    def flags(self, name: str, seed: int, scale: float) -> dict[str, np.ndarray]:
+        """The per-image flags a model reported (``flag_<name>`` arrays), over the folds."""
+        parts = [self.store.arrays((name, f, seed, scale)) for f in self.folds]
+        keys = sorted(k for k in parts[0] if k.startswith("flag_"))
+        return {k[len("flag_") :]: np.concatenate([p[k] for p in parts]) for k in keys}
+
 
 def _cell_rows(store: CellStore, model_info, size_of, context) -> list[dict[str, Any]]:
     """Every cell's own rows (per fold and seed), in cell order."""
@@ -137,13 +143,18 @@ def _pooled_rows(levels: Levels, model_info, grid: Grid, seeds, fars, context) -
     for name in sorted(model_info):
         for seed in seeds:
             s, _, _, same, norms = levels(name, seed, 1.0)
-            clean_rows, clean_ref = cell_metric_rows(s, same, norms, fars=fars, clean=None)
+            clean_rows, clean_ref = cell_metric_rows(
+                s, same, norms, fars=fars, clean=None, flags=levels.flags(name, seed, 1.0)
+            )
             for scale, size in grid:
                 if scale == 1.0:
                     mrows = clean_rows
                 else:
                     s, _, _, same, norms = levels(name, seed, scale)
-                    mrows, _ = cell_metric_rows(s, same, norms, fars=fars, clean=clean_ref)
+                    flags = levels.flags(name, seed, scale)
+                    mrows, _ = cell_metric_rows(
+                        s, same, norms, fars=fars, clean=clean_ref, flags=flags
+                    )
                 for r in mrows:
                     rows.append(
                         make_row(

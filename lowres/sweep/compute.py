@@ -148,6 +148,7 @@ def _write_one(unit: Unit, store: CellStore, name: str, scale: float, gallery, p
         idx_b,
     ).astype(np.float32)
     norms = probe.norms.float().cpu().numpy()
+    flags = {k: v.numpy().astype(bool) for k, v in probe.flags.items()}
     clean_ref = None
     if scale != 1.0:
         clean_ref = store.clean_reference(unit.index(name, 1.0), unit.keys[(name, 1.0)])
@@ -158,6 +159,7 @@ def _write_one(unit: Unit, store: CellStore, name: str, scale: float, gallery, p
         fars=unit.fars,
         clean=clean_ref,
         pair_folds=pair_folds,
+        flags=flags,
     )
     fixed = pair_folds is not None
     arrays = dict(
@@ -168,6 +170,7 @@ def _write_one(unit: Unit, store: CellStore, name: str, scale: float, gallery, p
         pair_b=idx_b.astype(np.int32) if fixed else np.zeros(0, np.int32),
         issame=issame if fixed else np.zeros(0, bool),
         pair_folds=pair_folds if fixed else np.zeros(0, np.int64),
+        **{f"flag_{k}": v for k, v in flags.items()},
     )
     store.write(
         unit.index(name, scale),
