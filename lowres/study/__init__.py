@@ -25,6 +25,8 @@ Schema (every key is checked; an unknown section or key is a ConfigError naming 
 
     [[models]]                  # one table per model; at least one
     method = "SM+R(0.1)"        # paper notation (lowres.methods)
+    # or: external = "dlib(size=112x92)"  (kinds sweep/norms: a pretrained model, any
+    #     --models entry of lowres.external; its label is the model id the sweep gives it)
     label = "SM+R(0.1)+aug"     # optional model id, default the method
     augment_resolution = true   # any TrainConfig field overriding [train] for this model
                                 # (kinds sweep/norms: not data/preset; a model with overrides

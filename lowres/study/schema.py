@@ -15,6 +15,7 @@ from typing import Any
 
 import tomllib
 
+from lowres import external
 from lowres.data.synthetic import parse_preset
 from lowres.errors import ConfigError, LowresError
 from lowres.methods import parse_method
@@ -75,11 +76,14 @@ class ModelItem:
         method: canonical paper notation (``str(parse_method(...))``).
         train: TrainConfig fields of this model (the study's [train] with its overrides),
             without ``method``, ``fold`` and ``seed``.
+        external: an external model's ``--models`` entry (``dlib(size=112x92)``, ``py:...``,
+            a TorchScript or ONNX path), then ``method`` is its format and ``train`` empty.
     """
 
     label: str
     method: str
     train: dict
+    external: str = ""
 
 
 @dataclass
@@ -155,11 +159,13 @@ class Study:
             values.pop("preset", None)
         variants = {}
         for m in self.models:
+            if m.external:
+                continue
             overrides = self.variant_overrides(m)
             if overrides or m.label != m.method:
                 variants[m.label] = {"method": m.method, **overrides}
         return SweepConfig(
-            models=tuple(m.label for m in self.models),
+            models=tuple(m.external or m.label for m in self.models),
             variants=variants or None,
             out=Path(out if out is not None else self.out),
             device=self.device,
@@ -320,6 +326,9 @@ def _models_section(path: Path, top: dict, kind: str, base_train: dict) -> list[
     models: list[ModelItem] = []
     for i, entry in enumerate(models_raw):
         section = f"models #{i + 1}"
+        if isinstance(entry, dict) and "external" in entry:
+            models.append(_external_item(section, entry, kind))
+            continue
         entry = _check_keys(section, entry, allowed)
         if "method" not in entry:
             raise ConfigError(f'[{section}] has no method; add e.g. method = "SM+R(0.01)"')
@@ -334,6 +343,24 @@ def _models_section(path: Path, top: dict, kind: str, base_train: dict) -> list[
         dup = next(x for x in labels if labels.count(x) > 1)
         raise ConfigError(f"model {dup!r} is listed twice in {path}; give each a unique label")
     return models
+
+
+def _external_item(section: str, entry: dict, kind: str) -> ModelItem:
+    """A ``[[models]]`` table with ``external = "..."``: a pretrained model the sweep loads
+    (kinds sweep and norms); its label is the model id the sweep gives it."""
+    entry = _check_keys(section, entry, ("external",))
+    if kind == "features2d":
+        raise ConfigError(f"[{section}] external models need kind sweep or norms")
+    text = entry["external"]
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f'[{section}] external must be a --models entry, e.g. "dlib"')
+    spec = external.parse_external(text) if external.is_external(text) else None
+    if spec is None:
+        raise ConfigError(
+            f"[{section}] external {text!r} is not an external model (a py:, ts: or onnx: "
+            "entry, a model file or a reference name such as dlib)"
+        )
+    return ModelItem(label=spec.name, method=spec.format, train={}, external=text)
 
 
 def _evaluate_or_sweep(path: Path, top: dict, kind: str, base_train: dict) -> tuple[dict, dict]:
