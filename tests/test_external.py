@@ -475,3 +475,24 @@ def test_bad_python_model_exits_2_with_one_line(exported, tmp_path, py_module, c
     (line,) = _error_lines(result.output)
     assert expected in line, line
     assert not out.exists()
+
+
+def test_dlib_without_its_extra_is_one_line_naming_it(exported, tmp_path, monkeypatch):
+    """Whether or not the extra is installed here, a missing one is one line, exit 2."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("dlib", "face_recognition_models") else real(name, *a),
+    )
+    monkeypatch.setitem(__import__("sys").modules, "dlib", None)  # `import dlib` fails too
+    monkeypatch.setattr(E, "_FACTORY_MODELS", {})
+    out = tmp_path / "out"
+    args = ["sweep", "--data", "orl", "--folds", "0", "--models", "dlib(size=112x92)"]
+    result = _cli([*args, "--out", out, "--model-cache", exported[3], "--no-plot"])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert "pip install -e '.[dlib]'" in line, line
+    assert not out.exists()
