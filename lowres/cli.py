@@ -101,6 +101,12 @@ def cli(verbose: int, quiet: bool) -> None:
     help="Also degrade half the training images at a random scale in [1/16, 1].",
 )
 @click.option("--no-augment", is_flag=True, help="No flip/shift/brightness augmentation.")
+@click.option(
+    "--augment-backend",
+    type=click.Choice(["torch", "albumentations"]),
+    default=None,
+    help="Batched on the training device (default) or per image on the CPU (older models).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
 @click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
 @click.option("--num-threads", type=int, default=None, help="torch CPU threads.")
@@ -130,6 +136,7 @@ def train_cmd(
     preset,
     augment_resolution,
     no_augment,
+    augment_backend,
     resume,
     device,
     num_threads,
@@ -155,6 +162,7 @@ def train_cmd(
         "device": device,
         "num_threads": num_threads,
         "val_identities": val_identities,
+        "augment_backend": augment_backend,
     }
     config = TrainConfig(
         method=method,

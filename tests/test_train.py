@@ -42,6 +42,9 @@ TINY = {
     "device": "cpu",
 }
 
+RECIPE2 = {"augment_backend": "albumentations", "channels_last": False}
+"""The settings that reproduce models trained before these two existed (training format 2)."""
+
 
 def tiny(method: str = "SF+R(0.01)", **overrides) -> TrainConfig:
     return TrainConfig(method=method, **{**TINY, **overrides})
@@ -76,9 +79,23 @@ def test_config_hash_is_stable_and_ignores_execution_fields():
 def test_schedule_fields_keep_old_hashes_and_change_new_ones():
     # The previous defaults (cpunet, batch 32, lr 0.05, step schedule) written out: the hash
     # the code before these fields existed gave this config (a cached model keeps its key).
-    old = TrainConfig(method="SM", model="cpunet", batch_size=32, schedule="step", warmup=0.0)
+    old = TrainConfig(
+        method="SM",
+        model="cpunet",
+        batch_size=32,
+        schedule="step",
+        warmup=0.0,
+        augment_backend="albumentations",
+        channels_last=False,
+    )
     assert old.lr == 0.05
     assert old.hash() == "d6c89b44eca1b883"
+    # The 12-epoch recipe before the batched augmentation and CPU channels_last (the
+    # training-length study's models): the hash the code of that time gave.
+    assert TrainConfig(method="SM", val_identities=100, **RECIPE2).hash() == "7a60446ec8d2891e"
+    assert TrainConfig(method="SM", val_identities=100).hash() != "7a60446ec8d2891e"
+    assert tiny(channels_last=False).hash() != tiny().hash()
+    assert tiny(augment_backend="albumentations").hash() != tiny().hash()
     step = tiny(schedule="step", warmup=0.0)
     assert step.hash() != tiny(schedule="cosine", warmup=0.0).hash()
     assert step.hash() != tiny(schedule="step", warmup=0.1).hash()
@@ -526,7 +543,7 @@ def test_train_split_all_keeps_old_hashes_and_trains_on_everything():
 
     # Models cached before train_split existed keep their hash (this one is from TRAIN_FORMAT 2,
     # made with the recipe of that time, which a config now spells out).
-    old = dict(model="cpunet", batch_size=32, schedule="step", warmup=0.0)
+    old = dict(model="cpunet", batch_size=32, schedule="step", warmup=0.0, **RECIPE2)
     assert TrainConfig(method="SM", data="orl", fold=0, seed=0, **old).hash() == "b4e67a8eb643b579"
     whole = TrainConfig(method="SM", data="orl", train_split="all")
     assert whole.hash() != TrainConfig(method="SM", data="orl").hash()

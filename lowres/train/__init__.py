@@ -3,7 +3,8 @@ cosine (or step) schedule, cached by config and training images.
 
 Modules, in the order a run uses them: :mod:`~lowres.train.config` (what a model is),
 :mod:`~lowres.train.data` (the split, the held-out identities, clean features),
-:mod:`~lowres.train.augment` (per-image and random-resolution augmentation),
+:mod:`~lowres.train.augment` (flip/affine/brightness augmentation, batched or per image,
+and random-resolution augmentation),
 :mod:`~lowres.train.schedule` (the lr schedule), :mod:`~lowres.train.loop` (the training loop,
 checkpoints and resume, data parallel), :mod:`~lowres.train.logbook` (``log.csv`` and progress)
 and :mod:`~lowres.train.cache` (the model cache). See :mod:`lowres.train.loop` for the flow of
@@ -13,6 +14,7 @@ one step, determinism and data parallel training.
 from lowres.checkpoint import LoadedModel, load_checkpoint
 from lowres.train.augment import (
     augment_batch,
+    augment_batch_torch,
     build_augmentation,
     degrade_chain,
     random_resolution,
@@ -82,6 +84,7 @@ __all__ = [
     "Progress",
     "TrainConfig",
     "augment_batch",
+    "augment_batch_torch",
     "auto_epochs",
     "build_augmentation",
     "cached_model",

@@ -1,5 +1,7 @@
-"""Training augmentation: the albumentations pipeline (flip, small affine, brightness and
-contrast) seeded per image, and random-resolution degradation through the evaluation's chain.
+"""Training augmentation: flip, small affine and brightness/contrast seeded per image, by two
+backends that draw the same distribution of transforms (``"torch"``: batched on the training
+device through kornia's warp; ``"albumentations"``: per image on the CPU, the recipe before
+training format 3), and random-resolution degradation through the evaluation's chain.
 """
 
 from __future__ import annotations
@@ -15,16 +17,27 @@ from torch import Tensor
 
 from lowres import degrade
 from lowres.errors import ConfigError
+from lowres.rng import M32, hash32
 from lowres.train.config import TrainConfig, mix_seed
+
+FLIP_P = 0.5
+AFFINE_P, SCALE, TRANSLATE, ROTATE = 0.8, (0.95, 1.05), (-0.04, 0.04), (-8.0, 8.0)
+BC_P, BRIGHTNESS, CONTRAST = 0.5, 0.2, 0.2
+"""The per-image transform both backends draw: a horizontal flip with probability FLIP_P; with
+probability AFFINE_P an affine map about the image centre with x and y scales drawn apart from
+SCALE, a whole-pixel shift of ``int(u * side)`` for u in TRANSLATE, and a rotation in ROTATE
+degrees, borders reflected about the edge pixel; with probability BC_P ``x * alpha + beta``
+(alpha = 1 + U(+-CONTRAST), beta = 255 U(+-BRIGHTNESS)) clipped to the pixel range."""
 
 
 def build_augmentation() -> Any:
-    """The albumentations pipeline: flip, small shift/scale/rotate, brightness/contrast.
+    """The albumentations pipeline (``augment_backend="albumentations"``): flip, small
+    shift/scale/rotate, brightness/contrast, with the constants above.
 
-    albumentations works per image on numpy. Measured here (2 cores, one thread): 5,200 img/s
-    on 112x92 grey, 4,200 img/s on 112x96 RGB, 6,500 img/s on 56x46, about 10x the ~600 img/s
-    the CPU network trains at, so it costs ~10% of a step and the per-image library is kept
-    (no batched torch re-implementation). Seeding each image costs 0.08 ms.
+    albumentations works per image on numpy: on this machine (one thread) 6,500 img/s on 56x48
+    grey, 5,200 on 112x92 grey, 4,200 on 112x96 RGB, about a fifth of a ``cpunet-s`` step on
+    synth; the batched backend (:func:`augment_batch_torch`) is the default for that reason
+    (``benchmarks/augment.py``). Seeding each image costs 0.08 ms.
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
@@ -32,17 +45,19 @@ def build_augmentation() -> Any:
 
     return A.Compose(
         [
-            A.HorizontalFlip(p=0.5),
+            A.HorizontalFlip(p=FLIP_P),
             # Small geometric jitter, as face crops from a detector would have; reflected
             # borders avoid black wedges the network could learn as a cue.
             A.Affine(
-                scale=(0.95, 1.05),
-                translate_percent=(-0.04, 0.04),
-                rotate=(-8, 8),
+                scale=SCALE,
+                translate_percent=TRANSLATE,
+                rotate=ROTATE,
                 border_mode=cv2.BORDER_REFLECT_101,
-                p=0.8,
+                p=AFFINE_P,
             ),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+            A.RandomBrightnessContrast(
+                brightness_limit=BRIGHTNESS, contrast_limit=CONTRAST, p=BC_P
+            ),
         ],
         seed=0,
     )
@@ -73,6 +88,110 @@ def augment_batch(images: Tensor, pipeline: Any, seed: int, *, index_offset: int
         result = pipeline(image=np.ascontiguousarray(array[i]))["image"]
         out[i] = result.reshape(array.shape[1:])
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def counter_uniforms(seed: int, positions: Tensor, count: int) -> Tensor:
+    """``count`` uniforms in (0, 1) per position, a pure function of (seed, position, k): the
+    same numbers on every device, batch size and shard.
+
+    Args:
+        seed: a 63-bit seed (e.g. :func:`lowres.train.config.mix_seed` of the batch).
+        positions: int64 (N,) non-negative positions (< 2^32).
+        count: uniforms per position.
+
+    Returns:
+        float64 (N, count) on ``positions``' device.
+
+    >>> u = counter_uniforms(7, torch.arange(3), 2)
+    >>> u.shape, bool(((u > 0) & (u < 1)).all())
+    (torch.Size([3, 2]), True)
+    """
+    seed = int(seed)
+    key = hash32(hash32((positions.to(torch.int64) & M32) ^ (seed & M32)) ^ ((seed >> 32) & M32))
+    k = torch.arange(count, dtype=torch.int64, device=positions.device)
+    bits = hash32(key[:, None] ^ ((k * 0x9E3779B9 + 0x632BE5AB) & M32)[None, :])
+    return (bits.to(torch.float64) + 0.5) / 2.0**32
+
+
+def draw_augment_params(seed: int, positions: Tensor, height: int, width: int) -> dict:
+    """The transforms of the images at ``positions`` of a batch seeded ``seed``, drawn as
+    albumentations draws them (module constants; shifts truncated to whole pixels).
+
+    Returns:
+        dict of (N,) tensors: ``flip``, ``affine``, ``bc`` (bool: applied?), ``scale_x``,
+        ``scale_y``, ``rotate`` (degrees), ``shift_x``, ``shift_y`` (pixels), ``alpha``,
+        ``beta`` (float64; meaningful where the transform applies).
+    """
+    u = counter_uniforms(seed, positions, 10)
+
+    def between(column: int, bounds: tuple[float, float]) -> Tensor:
+        return bounds[0] + u[:, column] * (bounds[1] - bounds[0])
+
+    return {
+        "flip": u[:, 0] < FLIP_P,
+        "affine": u[:, 1] < AFFINE_P,
+        "scale_x": between(2, SCALE),
+        "scale_y": between(3, SCALE),
+        "shift_x": torch.trunc(between(4, TRANSLATE) * width),
+        "shift_y": torch.trunc(between(5, TRANSLATE) * height),
+        "rotate": between(6, ROTATE),
+        "bc": u[:, 7] < BC_P,
+        "alpha": 1.0 + between(8, (-CONTRAST, CONTRAST)),
+        "beta": 255.0 * between(9, (-BRIGHTNESS, BRIGHTNESS)),
+    }
+
+
+def affine_matrices(params: dict, height: int, width: int) -> Tensor:
+    """(N, 2, 3) float64 forward maps (source pixel -> output pixel, OpenCV's convention) about
+    the image centre ``(w/2 - 0.5, h/2 - 0.5)``: centre @ shift @ rotate @ scale @ uncentre,
+    the composition albumentations' ``Affine`` builds (no shear)."""
+    angle = torch.deg2rad(params["rotate"])
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sx, sy = params["scale_x"], params["scale_y"]
+    cx, cy = width / 2 - 0.5, height / 2 - 0.5
+    a, b = cos * sx, sin * sy
+    c, d = -sin * sx, cos * sy
+    tx = cx + params["shift_x"] - (a * cx + b * cy)
+    ty = cy + params["shift_y"] - (c * cx + d * cy)
+    return torch.stack([torch.stack([a, b, tx], -1), torch.stack([c, d, ty], -1)], -2)
+
+
+def augment_batch_torch(images: Tensor, seed: int, *, index_offset: int = 0) -> Tensor:
+    """Augment a batch on its own device (``augment_backend="torch"``): the transforms of
+    :func:`draw_augment_params`, one kornia warp for the images that get an affine map.
+
+    Image ``i`` draws from ``(seed, index_offset + i)``, so a slice of a batch (a data-parallel
+    shard) is augmented exactly as inside the whole batch. The warp is bilinear with borders
+    reflected about the edge pixel, as OpenCV's ``BORDER_REFLECT_101`` (kornia's reflection
+    with ``align_corners=True``); unlike the albumentations backend nothing is rounded to whole
+    gray levels between the steps (``tests/test_augment.py`` measures the difference).
+
+    Args:
+        images: uint8 or float (B, C, H, W) in 0..255, on any device.
+        seed: the batch's seed (same seed, same output).
+        index_offset: position of ``images[0]`` in the whole batch.
+
+    Returns:
+        float32 (B, C, H, W) in [0, 1].
+    """
+    # kornia loads on first use, as in lowres.degrade (its import adds ~0.5 s to start-up).
+    from kornia.geometry.transform import warp_affine
+
+    batch, _, height, width = images.shape
+    positions = torch.arange(index_offset, index_offset + batch, device=images.device)
+    params = draw_augment_params(seed, positions, height, width)
+    x = images.float()
+    x = torch.where(params["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
+    chosen = torch.nonzero(params["affine"]).flatten()
+    if chosen.numel():
+        picked = {k: v[chosen] for k, v in params.items()}
+        matrices = affine_matrices(picked, height, width).to(x.dtype)
+        x[chosen] = warp_affine(
+            x[chosen], matrices, (height, width), padding_mode="reflection", align_corners=True
+        )
+    alpha = torch.where(params["bc"], params["alpha"], 1.0).to(x.dtype).view(-1, 1, 1, 1)
+    beta = torch.where(params["bc"], params["beta"], 0.0).to(x.dtype).view(-1, 1, 1, 1)
+    return (x * alpha + beta).clamp_(0.0, 255.0).div_(255.0)
 
 
 def random_resolution(

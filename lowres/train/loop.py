@@ -3,9 +3,10 @@ cosine (or step) schedule, checkpointed every epoch and resumable to the exact s
 
 Flow of one step::
 
-    uint8 batch (CPU) -> albumentations (flip, small affine, brightness/contrast) -> device
-    -> float [0, 1] -> optional random-resolution degradation (lowres.degrade, the evaluation's
-    chain) -> lowres.embed.adapt (resize + normalise exactly as at evaluation) -> model
+    uint8 batch (CPU) -> device -> flip, small affine, brightness/contrast (batched, kornia's
+    warp; or per image with albumentations on the CPU before the move) -> float [0, 1]
+    -> optional random-resolution degradation (lowres.degrade, the evaluation's chain)
+    -> lowres.embed.adapt (resize + normalise exactly as at evaluation) -> model
     -> MethodLoss (float32) -> SGD step -> MethodLoss.after_step()
 
 Determinism: all randomness is counter-based. The model is initialised after
@@ -62,7 +63,13 @@ from lowres.errors import ConfigError, TrainingError
 from lowres.files import check_writable
 from lowres.methods import build_loss, parse_method
 from lowres.provenance import MODEL_LIBRARIES, versions
-from lowres.train.augment import augment_batch, build_augmentation, degrade_chain, random_resolution
+from lowres.train.augment import (
+    augment_batch,
+    augment_batch_torch,
+    build_augmentation,
+    degrade_chain,
+    random_resolution,
+)
 from lowres.train.config import (
     TrainConfig,
     auto_epochs,
@@ -408,7 +415,8 @@ def _train(  # noqa: C901
     loss_fn.train()
     model.to(device)
     loss_fn.to(device)
-    if cuda:
+    channels_last = cuda or config.channels_last
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     step_module = _Step(model, loss_fn, use_amp, device.type)
     runner: nn.Module = step_module
@@ -432,11 +440,15 @@ def _train(  # noqa: C901
     milestones = resolve_milestones(config.milestones, epochs, steps_per_epoch)
     scheduler = make_scheduler(optimizer, config, milestones, epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    pipeline = build_augmentation() if config.augment else None
+    per_image = config.augment and config.augment_backend == "albumentations"
+    batched = config.augment and config.augment_backend == "torch"
+    pipeline = build_augmentation() if per_image else None
     resolution = config.augment_resolution
     degrade_spec = degrade_chain(config) if resolution else None
 
-    images = train_set.images  # uint8 at rest; augmented on the CPU, then moved
+    # uint8 at rest: per-image augmentation on the CPU, then moved; batched augmentation
+    # after the move, on the device; without augmentation the whole set moves once.
+    images = train_set.images
     if not config.augment:
         images = images.to(device)
     labels = train_set.labels.to(device)
@@ -535,17 +547,20 @@ def _train(  # noqa: C901
                 x8 = augment_batch(
                     images[index], pipeline, batch_seed, index_offset=shard_start
                 ).to(device, non_blocking=True)
+                x = x8.float().div_(255.0)
+            elif batched:
+                x8 = images[index].to(device, non_blocking=True)
+                x = augment_batch_torch(x8, batch_seed, index_offset=shard_start)
             else:
-                x8 = images[index.to(images.device)]
+                x = images[index.to(images.device)].float().div_(255.0)
             y = labels[index.to(device)]
-            x = x8.float().div_(255.0)
             if resolution:
                 gen = torch.Generator().manual_seed(mix_seed(config.seed, epoch, step_in_epoch, 1))
                 x = random_resolution(
                     x, *resolution, degrade_spec, gen, batch_size=bs, index_offset=shard_start
                 )
             x = adapt(x, adapter)
-            if cuda:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             features, result = runner(x, y)
             total = result.loss
