@@ -94,9 +94,19 @@ def _factory(depth: int):
     units = SPHERE_UNITS[depth]
 
     def make(
-        *, embed_dim: int = 512, input_size: tuple[int, int] = (112, 96), in_channels: int = 3
+        *,
+        embed_dim: int = 512,
+        input_size: tuple[int, int] = (112, 96),
+        in_channels: int = 3,
+        channels: tuple[int, int, int, int] = (64, 128, 256, 512),
     ) -> SphereNet:
-        return SphereNet(units, embed_dim=embed_dim, input_size=input_size, in_channels=in_channels)
+        return SphereNet(
+            units,
+            embed_dim=embed_dim,
+            input_size=input_size,
+            in_channels=in_channels,
+            channels=tuple(channels),
+        )
 
     make.__name__ = f"sphere{depth}"
     make.__doc__ = f"SphereFace-{depth}: residual units {units}, 512-d, 112x96 RGB by default."
