@@ -429,9 +429,10 @@ def _bad(ctx, name: str, exc: Exception):
 @click.option(
     "--shard",
     default=None,
-    metavar="I/N",
+    metavar="I/N|auto",
     help="Compute only shard I of N (whole models per fold and seed, round robin) into --out; "
-    "join the shard folders with `lowres merge`.",
+    "join the shard folders with `lowres merge`. auto: I/N of this SLURM array task "
+    "(SLURM_ARRAY_TASK_ID/COUNT) or torchrun process (RANK/WORLD_SIZE).",
 )
 @click.pass_context
 def sweep_cmd(ctx, **opts) -> None:

@@ -1,6 +1,7 @@
 """Shards: one sweep split across processes or machines, then checked and joined.
 
-``lowres sweep --shard i/n`` computes only shard i's cells (:func:`shard_plan`: whole models
+``lowres sweep --shard i/n`` (or ``--shard auto`` inside a SLURM job array or under torchrun,
+:func:`shard_from_environment`) computes only shard i's cells (:func:`shard_plan`: whole models
 per fold and seed, round robin, so each shard trains only its own models) into its own
 ``--out`` folder and writes a manifest (:func:`write_shard_manifest`) instead of the table.
 ``lowres merge OUT SHARD_DIR...`` (:func:`lowres.sweep.merge_shards`) reads the manifests,
@@ -12,8 +13,9 @@ unsharded sweep does.
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,12 +53,66 @@ Coord = tuple[str, int, int, float]
 """A cell's place in the sweep: (model id, fold, seed, scale)."""
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/4"`` -> ``(2, 4)``. ConfigError unless ``1 <= i <= n``."""
+def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``"2/4"`` -> ``(2, 4)``; ``"auto"`` -> the shard this job is in a SLURM array or under
+    torchrun (:func:`shard_from_environment`). ConfigError unless ``1 <= i <= n``.
+
+    >>> parse_shard("2/4"), parse_shard("auto", {"RANK": "0", "WORLD_SIZE": "2"})
+    ((2, 4), (1, 2))
+    """
+    if str(text).strip().lower() == "auto":
+        return shard_from_environment(os.environ if environ is None else environ)
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if match is None:
         raise ConfigError(f"shard {text!r} is not i/n; use e.g. 1/2 (shard i of n, 1 <= i <= n)")
     return validate_shard((int(match.group(1)), int(match.group(2))))  # type: ignore[return-value]
+
+
+def shard_from_environment(environ: Mapping[str, str]) -> tuple[int, int]:
+    """Shard ``(i, n)`` of a SLURM job array task (``SLURM_ARRAY_TASK_ID`` counted from
+    ``SLURM_ARRAY_TASK_MIN`` in steps of ``SLURM_ARRAY_TASK_STEP``, of
+    ``SLURM_ARRAY_TASK_COUNT`` tasks) or of a torchrun / torch.distributed process (``RANK`` of
+    ``WORLD_SIZE``), in that order. ConfigError when neither is set.
+
+    >>> shard_from_environment({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "4",
+    ...                         "SLURM_ARRAY_TASK_COUNT": "4"})
+    (4, 4)
+    """
+    try:
+        if "SLURM_ARRAY_TASK_ID" in environ:
+            task = int(environ["SLURM_ARRAY_TASK_ID"])
+            first = int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            step = int(environ.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+            count = int(environ["SLURM_ARRAY_TASK_COUNT"])
+            if (task - first) % step:
+                raise ConfigError(
+                    f"SLURM_ARRAY_TASK_ID {task} is not on the array's grid (min {first}, step "
+                    f"{step}); give --shard I/N"
+                )
+            return _checked_auto((task - first) // step + 1, count, "SLURM array task")
+        if "RANK" in environ and "WORLD_SIZE" in environ:
+            rank, size = int(environ["RANK"]), int(environ["WORLD_SIZE"])
+            return _checked_auto(rank + 1, size, "torchrun RANK")
+    except KeyError as missing:
+        raise ConfigError(
+            f"--shard auto: {missing.args[0]} is not set beside SLURM_ARRAY_TASK_ID; "
+            "give --shard I/N"
+        ) from None
+    except ValueError:
+        raise ConfigError(
+            "--shard auto: the SLURM_ARRAY_TASK_* or RANK/WORLD_SIZE variables are not "
+            "integers; give --shard I/N"
+        ) from None
+    raise ConfigError(
+        "--shard auto found neither a SLURM array task (SLURM_ARRAY_TASK_ID, "
+        "SLURM_ARRAY_TASK_COUNT) nor torchrun's RANK and WORLD_SIZE; give --shard I/N"
+    )
+
+
+def _checked_auto(i: int, n: int, source: str) -> tuple[int, int]:
+    if not (n >= 1 and 1 <= i <= n):
+        raise ConfigError(f"--shard auto: {source} gives shard {i}/{n}, outside 1..n")
+    return i, n
 
 
 def validate_shard(shard: Any) -> tuple[int, int] | None:

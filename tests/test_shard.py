@@ -192,6 +192,55 @@ def test_parse_and_validate_shard():
         shards.validate_shard((1,))
 
 
+@pytest.mark.parametrize(
+    ("environ", "want"),
+    [
+        # sbatch --array=0-3: task 2 of 4 -> shard 3/4
+        ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "4"},
+         (3, 4)),
+        # --array=1-4 (no MIN would count from 0: the MIN is what SLURM sets)
+        ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"},
+         (1, 4)),
+        # --array=10-16:3 -> tasks 10, 13, 16
+        ({"SLURM_ARRAY_TASK_ID": "16", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_STEP": "3",
+          "SLURM_ARRAY_TASK_COUNT": "3"}, (3, 3)),
+        # torchrun --nproc_per_node=4: rank 3
+        ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"}, (4, 4)),
+        # SLURM wins over torchrun when both are set
+        ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2", "RANK": "1",
+          "WORLD_SIZE": "2"}, (1, 2)),
+    ],
+)  # fmt: skip
+def test_shard_auto_from_slurm_and_torchrun(environ, want):
+    assert shards.parse_shard("auto", environ) == want
+
+
+@pytest.mark.parametrize(
+    ("environ", "words"),
+    [
+        ({}, "neither"),
+        ({"SLURM_ARRAY_TASK_ID": "3"}, "SLURM_ARRAY_TASK_COUNT"),
+        ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"}, "not integers"),
+        ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "2"}, "outside"),
+        ({"SLURM_ARRAY_TASK_ID": "11", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_STEP": "3",
+          "SLURM_ARRAY_TASK_COUNT": "3"}, "grid"),
+        ({"RANK": "2", "WORLD_SIZE": "2"}, "outside"),
+    ],
+)  # fmt: skip
+def test_shard_auto_errors_name_the_fix(environ, words):
+    with pytest.raises(ConfigError, match=words) as info:
+        shards.parse_shard("auto", environ)
+    assert "--shard" in str(info.value)
+
+
+def test_shard_auto_on_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    result = cli(["sweep", "--shard", "auto", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "neither a SLURM array task" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 30])
 def test_plan_covers_every_unit_once_and_balances(n):
     models = ["SM", "SF", "l2-SM(30)", "SM+CL", "SM+R(0.01)", "SF+R(0.01)"]
