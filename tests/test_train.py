@@ -593,3 +593,22 @@ def test_an_amp_step_with_inf_gradients_moves_nothing():
     opt.zero_grad()
     loss_fn(model(x), y).loss.backward()
     assert optimizer_step(plain, opt) is True
+
+
+def test_autocast_dtype_follows_the_gpu(monkeypatch):
+    from lowres.train.loop import amp_dtype
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype(cpu, True) is None and amp_dtype(gpu, False) is None
+    asked = []
+
+    def native(including_emulation=True):
+        asked.append(including_emulation)
+        return state["native"]
+
+    state = {"native": True}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", native)
+    assert amp_dtype(gpu, True) == torch.bfloat16  # Ampere and later: no GradScaler
+    state["native"] = False
+    assert amp_dtype(gpu, True) == torch.float16  # older GPUs: float16 + GradScaler
+    assert asked == [False, False]  # emulated bfloat16 does not count

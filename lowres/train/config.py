@@ -129,7 +129,9 @@ class TrainConfig:
         grad_clip: max global gradient norm, or None for no clipping.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         num_threads: torch CPU threads; None leaves torch's setting alone.
-        amp: fp16 autocast + GradScaler, used only on CUDA.
+        amp: mixed precision on CUDA only: bfloat16 autocast on GPUs with native bfloat16
+            (Ampere and later), float16 autocast + GradScaler on older ones
+            (:func:`lowres.train.loop.amp_dtype`; recorded as ``autocast`` in ``model.json``).
         val_identities: identities held out of the training split (chosen by ``split_seed``,
             never trained on, disjoint from the test identities) whose clean all-vs-all pairs
             give a verification figure after every epoch: ``val_tar`` (TAR at FAR

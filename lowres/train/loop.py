@@ -147,16 +147,37 @@ class _Step(nn.Module):
     """Model and loss as one module, so DistributedDataParallel averages the gradients of the
     backbone and of every loss parameter (head weights, R) in one set of buckets."""
 
-    def __init__(self, model: nn.Module, loss: nn.Module, amp: bool, device_type: str) -> None:
+    def __init__(
+        self, model: nn.Module, loss: nn.Module, dtype: torch.dtype | None, device_type: str
+    ) -> None:
         super().__init__()
         self.model, self.loss = model, loss
-        self.amp, self.device_type = amp, device_type
+        self.dtype, self.device_type = dtype, device_type
 
     def forward(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Any]:
         """(features (B, D), LossOutput) of a normalised batch (B, C, H, W)."""
-        with torch.autocast(device_type=self.device_type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(
+            device_type=self.device_type,
+            dtype=self.dtype or torch.float16,
+            enabled=self.dtype is not None,
+        ):
             features = self.model(x)
         return features, self.loss(features.float(), labels)
+
+
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The network's autocast dtype in training: None (float32) on the CPU or with ``amp``
+    off; bfloat16 on GPUs with native bfloat16 (Ampere and later: float32's exponent range, so
+    no loss scaling and no GradScaler sync); float16 with a GradScaler on older GPUs. The loss
+    always runs in float32.
+
+    >>> amp_dtype(torch.device("cpu"), True) is None
+    True
+    """
+    if device.type != "cuda" or not amp:
+        return None
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
 
 
 @torch.no_grad()
@@ -392,7 +413,8 @@ def _train(  # noqa: C901
     """The loop of :func:`train`, after the checks and inside the process group."""
 
     cuda = device.type == "cuda"
-    use_amp = cuda and config.amp
+    autocast = amp_dtype(device, config.amp)
+    use_amp = autocast == torch.float16  # loss scaling: float16 only
 
     train_set, test_set = load_split(config)
     train_set, val_set = hold_out_identities(train_set, config.val_identities, config.split_seed)
@@ -418,7 +440,7 @@ def _train(  # noqa: C901
     channels_last = cuda or config.channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    step_module = _Step(model, loss_fn, use_amp, device.type)
+    step_module = _Step(model, loss_fn, autocast, device.type)
     runner: nn.Module = step_module
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -497,6 +519,7 @@ def _train(  # noqa: C901
                 iteration=iteration,
                 complete=finished,
                 device=str(device),
+                autocast=None if autocast is None else str(autocast).removeprefix("torch."),
                 world_size=world.size,
                 metrics=metrics,
             )
