@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lowres.checkpoint import (
     atomic_write_text,
 )
+from lowres.errors import TrainingError
 from lowres.train.data import VAL_FAR
 
 LOG_FILE = "log.csv"
@@ -75,6 +78,63 @@ def _fmt(value: Any) -> Any:
     if isinstance(value, float):
         return repr(value)
     return value
+
+
+SYNC_EVERY = 50
+"""Steps between reads of the logging sums from the device (and at the end of every epoch and
+before every checkpoint): a NaN loss is noticed at most this many steps late."""
+
+
+class PendingSums:
+    """Per-step logging sums kept on the training device and read to the host every
+    :data:`SYNC_EVERY` steps, so the steady-state step never waits for the device.
+
+    Each step's vector is ``[loss sum, part sums (sorted names), correct, images, norm sum,
+    norm sum of squares]`` in float64 (all-reduced under DDP). :meth:`flush` adds them to an
+    :class:`EpochStats` in step order, with the same float64 additions as reading every step,
+    so ``log.csv`` is bit-identical to reading each step at once.
+    """
+
+    def __init__(self, keys: list[str] | None = None) -> None:
+        self.keys = keys
+        self.values: list[torch.Tensor] = []
+        self.where: list[tuple[int, int]] = []
+
+    def add(self, values: torch.Tensor, keys: list[str], epoch: int, iteration: int) -> bool:
+        """Keep one step's vector (``epoch``, ``iteration``: 1-based, for the error); True when
+        it is time to :meth:`flush`."""
+        self.keys = keys
+        self.values.append(values)
+        self.where.append((epoch, iteration))
+        return len(self.values) >= SYNC_EVERY
+
+    def flush(self, stats: EpochStats, last_good: str, lr: float) -> None:
+        """Read the kept steps (one device sync), check each loss, add them to ``stats``.
+
+        Raises:
+            TrainingError: a step's loss is not finite (named by epoch and iteration, with how
+                late it was noticed and where the last good checkpoint is).
+        """
+        if not self.values:
+            return
+        rows = torch.stack(self.values).cpu().tolist()
+        steps, keys = list(self.where), list(self.keys or [])
+        self.values.clear()
+        self.where.clear()
+        for (epoch, iteration), row in zip(steps, rows, strict=True):
+            loss_sum, parts = row[0], row[1 : 1 + len(keys)]
+            correct, count, norm_sum, norm_sq = row[1 + len(keys) :]
+            if not math.isfinite(loss_sum / count):
+                late = steps[-1][1] - iteration
+                raise TrainingError(
+                    f"loss became {loss_sum / count} at epoch {epoch} iter {iteration} "
+                    f"(noticed {late} steps later); last good checkpoint kept at {last_good}; "
+                    f"lower --lr (now {lr:g}), set grad_clip, or use another --seed"
+                )
+            stats.add(
+                loss_sum, dict(zip(keys, parts, strict=True)), int(correct), int(count),
+                norm_sum, norm_sq,
+            )  # fmt: skip
 
 
 class EpochStats:

@@ -87,7 +87,7 @@ from lowres.train.data import (
     norm_cv,
     validation_metrics,
 )
-from lowres.train.logbook import LOG_FILE, EpochStats, Progress, write_log
+from lowres.train.logbook import LOG_FILE, EpochStats, PendingSums, Progress, write_log
 from lowres.train.schedule import make_scheduler, restore_scheduler, scheduler_state
 
 log = logging.getLogger("lowres.train")
@@ -181,12 +181,10 @@ def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 
 
 @torch.no_grad()
-def _step_sums(features: Tensor, result: Any, labels: Tensor) -> tuple[float, dict, list]:
-    """One step's logging sums over the global batch (all-reduced under DDP), in float64.
-
-    Returns:
-        (global mean loss, parts sums by name, [loss sum, correct, images, norm sum, norm sq]).
-    """
+def _step_sums(features: Tensor, result: Any, labels: Tensor) -> tuple[Tensor, list[str]]:
+    """One step's logging sums over the global batch (all-reduced under DDP), float64 on the
+    device: ``[loss sum, part sums (sorted names), correct, images, norm sum, norm sq]`` and
+    the part names (read later by :class:`~lowres.train.logbook.PendingSums`)."""
     batch = labels.numel()
     keys = sorted(result.parts)
     norms = torch.linalg.vector_norm(features.detach().float(), dim=1).double()
@@ -198,10 +196,7 @@ def _step_sums(features: Tensor, result: Any, labels: Tensor) -> tuple[float, di
         norms.sum(),
         (norms * norms).sum(),
     ]
-    sums = ddp.all_reduce_sum(torch.stack(values)).cpu().tolist()
-    parts = dict(zip(keys, sums[1 : 1 + len(keys)], strict=True))
-    loss_sum, correct, count, norm_sum, norm_sq = sums[0], *sums[1 + len(keys) :]
-    return loss_sum / count, parts, [loss_sum, int(correct), int(count), norm_sum, norm_sq]
+    return ddp.all_reduce_sum(torch.stack(values)), keys
 
 
 def _model_kwargs(config: TrainConfig) -> dict:
@@ -554,6 +549,7 @@ def _train(  # noqa: C901
         else "nowhere (it failed before the first checkpoint)"
     )
     stopped = False
+    pending = PendingSums()
     while epoch < epochs and not stopped:
         order = torch.randperm(
             n, generator=torch.Generator().manual_seed(mix_seed(config.seed, epoch))
@@ -587,16 +583,10 @@ def _train(  # noqa: C901
                 x = x.contiguous(memory_format=torch.channels_last)
             features, result = runner(x, y)
             total = result.loss
-            # Sums over the global batch, before backward: every rank sees the same loss, so a
-            # NaN on one shard stops all of them together.
-            loss_value, part_sums, sums = _step_sums(features, result, y)
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"loss became {loss_value} at epoch {epoch + 1} "
-                    f"iter {iteration + 1}; "
-                    f"last good checkpoint kept at {last_good}; lower --lr (now "
-                    f"{config.lr:g}), set grad_clip, or use another --seed"
-                )
+            # Sums over the global batch, kept on the device and read every SYNC_EVERY steps:
+            # every rank sees the same loss, so a NaN on one shard stops all of them together.
+            sums, keys = _step_sums(features, result, y)
+            due = pending.add(sums, keys, epoch + 1, iteration + 1)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             if config.grad_clip is not None:
@@ -612,7 +602,8 @@ def _train(  # noqa: C901
             iteration += 1
             step_in_epoch += 1
 
-            epoch_stats.add(sums[0], part_sums, *sums[1:])
+            if due:
+                pending.flush(epoch_stats, last_good, config.lr)
             seconds = time.perf_counter() - t0
             epoch_stats.seconds += seconds
             wall += seconds
@@ -623,6 +614,7 @@ def _train(  # noqa: C901
                 epoch_stats.correct / max(1, epoch_stats.count),
                 epoch_stats.count / max(1e-9, epoch_stats.seconds),
             )
+        pending.flush(epoch_stats, last_good, config.lr)
         if stopped:
             break
         lr_now = optimizer.param_groups[0]["lr"]
