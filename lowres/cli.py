@@ -75,7 +75,7 @@ def cli(verbose: int, quiet: bool) -> None:
 )
 @click.option("--fold", type=int, default=0, show_default=True, help="Held-out identity fold.")
 @click.option(
-    "--epochs", type=int, default=None, help="Epochs (default: ~1,000 steps, 12-40 epochs)."
+    "--epochs", type=int, default=None, help="Epochs (default: ~2,100 steps, 12-40 epochs)."
 )
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint folder."

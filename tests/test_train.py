@@ -42,7 +42,7 @@ TINY = {
     "device": "cpu",
 }
 
-RECIPE2 = {"augment_backend": "albumentations", "channels_last": False}
+RECIPE2 = {"augment_backend": "albumentations", "channels_last": False, "auto_steps": 1000}
 """The settings that reproduce models trained before these two existed (training format 2)."""
 
 
@@ -85,8 +85,7 @@ def test_schedule_fields_keep_old_hashes_and_change_new_ones():
         batch_size=32,
         schedule="step",
         warmup=0.0,
-        augment_backend="albumentations",
-        channels_last=False,
+        **RECIPE2,
     )
     assert old.lr == 0.05
     assert old.hash() == "d6c89b44eca1b883"
@@ -96,6 +95,12 @@ def test_schedule_fields_keep_old_hashes_and_change_new_ones():
     assert TrainConfig(method="SM", val_identities=100).hash() != "7a60446ec8d2891e"
     assert tiny(channels_last=False).hash() != tiny().hash()
     assert tiny(augment_backend="albumentations").hash() != tiny().hash()
+    # Settings a config does not use leave its hash alone: auto_steps beside explicit epochs,
+    # the augmentation backend without augmentation.
+    assert tiny(epochs=3, auto_steps=5).hash() == tiny(epochs=3).hash()
+    assert tiny(auto_steps=5).hash() != tiny().hash()
+    no_aug = tiny(augment=False)
+    assert tiny(augment=False, augment_backend="albumentations").hash() == no_aug.hash()
     step = tiny(schedule="step", warmup=0.0)
     assert step.hash() != tiny(schedule="cosine", warmup=0.0).hash()
     assert step.hash() != tiny(schedule="step", warmup=0.1).hash()

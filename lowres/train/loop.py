@@ -453,7 +453,9 @@ def _train(  # noqa: C901
         weight_decay=config.weight_decay,
     )
     steps_per_epoch = n // bs
-    epochs = config.epochs if config.epochs is not None else auto_epochs(steps_per_epoch)
+    epochs = config.epochs
+    if epochs is None:
+        epochs = auto_epochs(steps_per_epoch, config.auto_steps)
     milestones = resolve_milestones(config.milestones, epochs, steps_per_epoch)
     scheduler = make_scheduler(optimizer, config, milestones, epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
