@@ -199,8 +199,6 @@ def _sweep_grid(ctx, opts) -> dict:
     from lowres import sweep as S
 
     scales, sizes = opts["scales"], opts["sizes"]
-    if scales is not None and sizes is not None:
-        raise click.UsageError("give --scales or --sizes, not both")
     scale_values = (
         _parsed(ctx, "scales", S.parse_float_list, scales, "--scales")
         if scales is not None
@@ -211,8 +209,8 @@ def _sweep_grid(ctx, opts) -> dict:
     size_values = None
     if sizes is not None:
         size_values = _parsed(ctx, "sizes", S.parse_int_list, sizes, "--sizes")
-        if 0 in size_values:
-            raise _bad(ctx, "sizes", ValueError("sizes must be >= 1 pixel"))
+    # The library's own checks, reported here as usage errors that name the option.
+    _parsed(ctx, "sizes", S.validate_grid_options, scale_values, size_values)
     far_values = _parsed(ctx, "fars", S.parse_float_list, opts["fars"], "--far")
     _parsed(ctx, "fars", S.validate_fars, far_values)
     try:
