@@ -119,9 +119,11 @@ class SynthPreset:
     channels: int
 
 
-CACHE_MAX_BYTES = 1 << 30
-"""Largest rendered split (uint8 bytes) kept in the disk cache; the gpu preset's 12.9 GB
-training split is always rendered on the fly."""
+CACHE_MAX_BYTES = 16 << 30
+"""Largest rendered split (uint8 bytes) kept in the disk cache: the gpu preset's 12.9 GB
+training split included, so it is rendered once per preset (by the sweep, before its training
+workers start) and then memory-mapped by every model and worker (see
+:func:`lowres.data.images.cached_images`) instead of rendered again for each model."""
 
 PRESETS: dict[str, SynthPreset] = {
     # ~16k grey 56x48 training images: a small CPU net sees an epoch in ~20-30 s on 2 cores.
