@@ -12,14 +12,22 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lowres.errors import ConfigError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    return atomic_write_with(path, lambda fh: fh.write(data))
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Let ``write(file)`` fill a temporary file in ``path``'s folder, then ``os.replace`` it
+    onto ``path``: a writer that streams (``torch.save``) needs no in-memory copy, and no reader
+    ever sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -27,7 +35,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         # mkstemp creates 0600 files; results, figures and caches get the usual umask mode.
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

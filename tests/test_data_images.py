@@ -116,3 +116,39 @@ def test_mixed_sizes_and_bad_files_are_data_errors(tmp_path):
         decode_image(bad)
     with pytest.raises(DataError, match="not a folder"):
         load_identity_folders(tmp_path / "nowhere", cache_dir=False)
+
+
+def _rss_anon_kib() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@pytest.mark.skipif(_rss_anon_kib() is None, reason="needs Linux /proc/self/status")
+def test_a_decode_cache_hit_maps_the_file_instead_of_copying_it(tmp_path):
+    """A cached set is memory-mapped: its pages are the file's (shared by every process that
+    loads it), not a private copy; the writer streams into the file."""
+    n = 64 * 1024 * 1024  # 64 MiB of pixels
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"x")
+
+    def decode() -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, 256, (n // 4096, 1, 64, 64), generator=g, dtype=torch.uint8)
+
+    first = images_mod.cached_images([source], decode, tag="mmap", cache_dir=tmp_path / "c")
+    del first
+    before = _rss_anon_kib()
+    again = images_mod.cached_images(
+        [source], lambda: pytest.fail("decoded again"), tag="mmap", cache_dir=tmp_path / "c"
+    )
+    grown = _rss_anon_kib() - before
+    assert again.shape == (n // 4096, 1, 64, 64) and int(again.sum()) > 0  # every page read
+    # A copy would add 64 MiB of anonymous memory; the mapping adds (almost) none.
+    assert grown < 16 * 1024, f"anonymous memory grew by {grown} KiB"
+    assert torch.equal(again, decode())
+    assert not list((tmp_path / "c" / "decoded").glob(".*.tmp"))  # no temporary left

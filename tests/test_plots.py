@@ -255,7 +255,7 @@ def test_budget_table_and_figure_of_a_training_length_study(tmp_path):
     """Rows of the committed old-recipe training-length study, read back per method+budget."""
     from pathlib import Path
 
-    from lowres.plots_study import budget_table, figure_budget
+    from lowres.plots import budget_table, figure_budget
 
     path = Path(__file__).parent.parent / "docs/results/training_length_old_recipe/results.csv"
     table = read_table(path)
@@ -283,7 +283,7 @@ def test_budget_table_and_figure_of_a_training_length_study(tmp_path):
     assert sorted(p.suffix for p in files) == [".pdf", ".png"]
 
     # The plateau summary, against a plain loop over the same rows.
-    from lowres.plots_study import plateau_table
+    from lowres.plots import plateau_table
 
     plateau = plateau_table(frame).set_index("method")
     assert set(plateau.index) == set(frame["method"])

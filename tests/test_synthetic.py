@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lowres.data import synthetic as syn
+from lowres.data.synthetic import paint, params, split
 from lowres.errors import ConfigError
 from lowres.rng import hash32
 
@@ -31,14 +32,14 @@ def test_hash_matches_pure_python_reference():
 
 def test_uniform_is_a_function_of_each_key_alone():
     keys = torch.tensor([3, 2**40 + 5, 17, 3], dtype=torch.int64)
-    u = syn._uniform(7, "identity", keys, 5)
+    u = params._uniform(7, "identity", keys, 5)
     assert u.shape == (4, 5) and u.dtype == torch.float32
     assert float(u.min()) > 0 and float(u.max()) < 1
     assert torch.equal(u[0], u[3])
-    one = syn._uniform(7, "identity", keys[1:2], 5)
+    one = params._uniform(7, "identity", keys[1:2], 5)
     assert torch.equal(one[0], u[1])
-    assert not torch.equal(syn._uniform(8, "identity", keys, 5), u)
-    assert not torch.equal(syn._uniform(7, "family", keys, 5), u)
+    assert not torch.equal(params._uniform(8, "identity", keys, 5), u)
+    assert not torch.equal(params._uniform(7, "family", keys, 5), u)
 
 
 def test_identity_rows_do_not_depend_on_the_batch():
@@ -46,8 +47,8 @@ def test_identity_rows_do_not_depend_on_the_batch():
     part = syn.sample_identities(torch.tensor([9, 4]), seed=3)
     for name in ("index", "coarse", "texture", "marks"):
         assert torch.equal(getattr(part, name), getattr(full, name)[[9, 4]])
-    lo = torch.tensor([v[0] for v in syn._COARSE.values()])
-    hi = torch.tensor([v[1] for v in syn._COARSE.values()])
+    lo = torch.tensor([v[0] for v in params._COARSE.values()])
+    hi = torch.tensor([v[1] for v in params._COARSE.values()])
     assert bool(((full.coarse >= lo) & (full.coarse <= hi)).all())
 
 
@@ -90,14 +91,14 @@ def test_shapes_and_dtypes(size, channels):
 def test_grey_is_luma_of_colour():
     # Compositing is linear in colour, so before noise and clipping grey == luma(RGB) exactly.
     ids, nui = syn.sample_identities(4, seed=2), syn.sample_nuisance(4, seed=2)
-    maps = syn._detail_maps(ids)
+    maps = paint._detail_maps(ids)
     h, w = SMALL
     gy = (torch.arange(h) + 0.5) * (2.0 / w) - h / w
     gx = (torch.arange(w) + 0.5) * (2.0 / w) - 1.0
     grid, soft = (gx[None, :], gy[:, None]), 2.4 / w
-    grey = syn._render_chunk(syn._per_image(ids, nui, 1), maps, grid, soft)
-    rgb = syn._render_chunk(syn._per_image(ids, nui, 3), maps, grid, soft)
-    luma = (rgb * torch.tensor(syn._LUMA)[:, None, None]).sum(1, keepdim=True)
+    grey = paint._render_chunk(paint._per_image(ids, nui, 1), maps, grid, soft)
+    rgb = paint._render_chunk(paint._per_image(ids, nui, 3), maps, grid, soft)
+    luma = (rgb * torch.tensor(paint._LUMA)[:, None, None]).sum(1, keepdim=True)
     torch.testing.assert_close(grey, luma, atol=1e-5, rtol=1e-5)
 
 
@@ -241,7 +242,8 @@ def test_rendered_splits_are_cached_on_disk_and_equal_a_fresh_render(tmp_path, m
     assert len(list((tmp_path / "cache" / "decoded").glob("synth-train*.pt"))) == 1
     calls = []
     real = syn.render_faces
-    monkeypatch.setattr(syn, "render_faces", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # make_split renders through its own module's name
+    monkeypatch.setattr(split, "render_faces", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = syn.make_split("train", "cpu", 1, **kw)
     assert calls == []  # read from the cache, not rendered
     assert torch.equal(fresh.images, first.images) and torch.equal(fresh.images, again.images)
@@ -256,9 +258,13 @@ def test_rendered_splits_are_cached_on_disk_and_equal_a_fresh_render(tmp_path, m
     assert len(calls) == 6  # each changed split rendered once for the cache, once fresh
     test_fold = syn.make_split("test", "cpu", 1, fold=1, **kw)
     assert not torch.equal(test_fold.images[:3], first.images[:3])
-    # The cpu preset's splits are cached; the gpu preset's 12.9 GB training split is not.
+    # Both presets' splits are cached (the gpu preset's 12.9 GB training split too: rendered
+    # once, then memory-mapped by every model); a split beyond 16 GiB is not.
     assert syn.is_cached_size("train", "cpu") and syn.is_cached_size("test", "cpu")
-    assert not syn.is_cached_size("train", "gpu")
+    assert syn.is_cached_size("train", "gpu")
+    from lowres.data.synthetic import knobs
+
+    assert 20000 * 20 * 3 * 112 * 96 < knobs.CACHE_MAX_BYTES < 20000 * 40 * 3 * 112 * 96
 
 
 @pytest.mark.parametrize("preset", sorted(syn.PRESETS))

@@ -10,7 +10,6 @@ list and every file's bytes, so any added, removed, renamed or edited image miss
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import warnings
@@ -22,7 +21,7 @@ import torch
 
 from lowres.data.dataset import FaceDataset
 from lowres.errors import DataError
-from lowres.files import atomic_write_bytes
+from lowres.files import atomic_write_with
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -201,7 +200,9 @@ def cached_images(
     path = folder / "decoded" / f"{safe_tag}-{key[:24]}.pt"
     if path.is_file():
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            # Memory-mapped: the pixels stay in the page cache, shared by every process that
+            # loads this entry (two training workers hold one copy), and private on write.
+            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             images = blob["images"]
             if (
                 isinstance(images, torch.Tensor)
@@ -215,17 +216,11 @@ def cached_images(
         except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
             log.info("rebuilding unreadable decode cache %s (%s)", path, _first_line(exc))
     images = decode_all()
+    sha = _pixels_sha256(images)
+    blob = {"images": images, "format": torch.tensor(CACHE_FORMAT), "sha256": sha}
     try:
-        buf = io.BytesIO()
-        torch.save(
-            {
-                "images": images,
-                "format": torch.tensor(CACHE_FORMAT),
-                "sha256": _pixels_sha256(images),
-            },
-            buf,
-        )
-        atomic_write_bytes(path, buf.getvalue())
+        # Streamed into the file (no second in-memory copy of the pixels).
+        atomic_write_with(path, lambda fh: torch.save(blob, fh))
     except OSError as exc:
         # a read-only or full cache folder must not stop the run; decoding already succeeded
         log.info("could not write decode cache %s (%s)", path, exc.strerror)

@@ -17,7 +17,7 @@ from lowres.checkpoint import load_checkpoint
 from lowres.data import get_split
 from lowres.errors import ConfigError
 from lowres.files import atomic_write_csv
-from lowres.plots_study import figure_features2d
+from lowres.plots import figure_features2d
 from lowres.study.schema import ModelItem, Study, StudyResult
 from lowres.study.training import cache_root, train_all
 from lowres.train import clean_features

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from lowres.files import atomic_write_csv, atomic_write_text
-from lowres.plots_study import (
+from lowres.plots import (
     budget_table,
     figure_budget,
     figure_norm_angle,

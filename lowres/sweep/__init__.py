@@ -89,6 +89,7 @@ from lowres.sweep.config import (
     parse_int_list,
     probe_grid,
     validate_fars,
+    validate_grid_options,
     validate_scales,
 )
 from lowres.sweep.merge import merge_shards
@@ -146,5 +147,6 @@ __all__ = [
     "trained_checkpoint",
     "training_workers",
     "validate_fars",
+    "validate_grid_options",
     "validate_scales",
 ]

@@ -245,6 +245,22 @@ def validate_fars(fars: Iterable[float]) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
+def validate_grid_options(scales: Any, sizes: Any) -> None:
+    """The checks of the probe widths that need no image: scales or sizes, not both, and sizes
+    in whole pixels >= 1 (:func:`probe_grid` checks them against the image width).
+
+    >>> validate_grid_options(None, (48, 12))
+    >>> validate_grid_options((1, 0.5), (48,))
+    Traceback (most recent call last):
+    lowres.errors.ConfigError: give --scales or --sizes, not both
+    """
+    if sizes is not None and scales is not None:
+        raise ConfigError("give --scales or --sizes, not both")
+    for s in sizes or ():
+        if not (isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1):
+            raise ConfigError(f"size {s!r} is not a whole number of pixels >= 1, e.g. 48,24,12")
+
+
 def probe_grid(config: SweepConfig, width: int) -> list[tuple[float, int]]:
     """[(scale, size_px)] of the sweep on ``width``-pixel images: descending, clean first.
 
@@ -252,11 +268,10 @@ def probe_grid(config: SweepConfig, width: int) -> list[tuple[float, int]]:
         ConfigError: both scales and sizes, a size outside 1..width, a scale outside (0, 1],
             or two scales rounding to the same width.
     """
-    if config.sizes is not None and config.scales is not None:
-        raise ConfigError("give --scales or --sizes, not both")
+    validate_grid_options(config.scales, config.sizes)
     if config.sizes is not None:
         for s in config.sizes:
-            if not (isinstance(s, (int, np.integer)) and 1 <= s <= width):
+            if s > width:
                 raise ConfigError(
                     f"size {s!r} px is outside 1..{width} (the test images are {width} px wide)"
                 )

@@ -1,5 +1,5 @@
-"""Study figures beyond the sweep's (:mod:`lowres.plots`), drawn from the study's tidy tables and
-written atomically as PNG and PDF.
+"""Study figures beyond the sweep's (:mod:`lowres.plots.sweep`), drawn from the study's tidy
+tables and written atomically as PNG and PDF.
 
 1. ``features2d``: the paper's Figure 1: one panel per model, 2-d test features coloured by
    class, the learned Ring radius R drawn as a dashed circle on ``+R`` models, test accuracy in
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lowres.errors import ResultsError
-from lowres.plots import (
+from lowres.plots.style import (
     X_LABEL,
     draw_curves,
     fmt_far,

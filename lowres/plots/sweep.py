@@ -1,34 +1,8 @@
-"""Figures of a sweep, drawn only from its tidy tables (``results.csv``, ``roc.csv``,
-``norms.csv``, ``scores.csv``), each written atomically as PNG and PDF into ``RUN/figures/``.
-
-1. ``tar_vs_resolution``: verification rate (TAR) vs probe face width (pixels, log2 axis), one
-   panel per FAR, one line per model with its 95% Clopper-Pearson band. Each loss family has one
-   hue: the base loss is dashed in a light shade, its ``+R`` variants solid in darker shades,
-   so the Ring-loss margin is the gap between a solid line and the dashed one of the same hue.
-   The raw-pixel reference is grey and dotted.
-2. ``roc``: ROC curves (TAR vs FAR, log FAR axis), one panel per probe face width.
-3. ``norms``: feature-norm distributions per face width per model, each model's norms divided
-   by its own mean norm on clean images (1 = clean level), so models with different norm scales
-   share one axis. The paper's premise: norms fall with resolution, and stay near R with +R.
-4. ``genuine_cosine``: mean cosine of genuine pairs vs face width.
-5. ``ring_margin``: TAR(X+R) - TAR(X) vs face width with the paired bootstrap 95% interval, one
-   panel per FAR, zero line drawn.
-6. ``scores`` (from ``scores.csv``): genuine and impostor cosine distributions, one row per model
-   and one column per face width, with the threshold fixed on clean pairs at FAR 1e-2 (or the
-   sweep's FAR nearest it), d' and the share of genuine pairs that threshold rejects at each
-   width: how the genuine scores slide into the impostors as faces shrink.
-7. ``training`` (from ``training.csv``, the models' own per-epoch logs): held-out TAR, training
-   accuracy and loss against the epoch, one line per trained model.
-
-Matplotlib's object API is used (no pyplot, no global backend or style change), so plotting
-works headless and inside other programs. Several seeds are averaged
-(:func:`lowres.results.primary_rows`).
-"""
+"""The sweep's figures, drawn only from its tidy tables, and :func:`plot_run`, which redraws
+them when the tables changed."""
 
 from __future__ import annotations
 
-import colorsys
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -38,210 +12,22 @@ import numpy as np
 import pandas as pd
 
 from lowres.errors import ResultsError
-from lowres.files import atomic_write_bytes, atomic_write_text
-from lowres.methods import parse_method
-from lowres.results import PIXELS, primary_rows, read_table
+from lowres.files import atomic_write_text
+from lowres.plots.style import (
+    FIGURES_DIR,
+    X_LABEL,
+    caption,
+    draw_curves,
+    fmt_far,
+    log2_size_axis,
+    model_legend,
+    model_line,
+    model_styles,
+    new_figure,
+    save_figure,
+)
+from lowres.results import primary_rows, read_table
 from lowres.training_logs import TRAINING_FILE, read_training
-
-FIGURES_DIR = "figures"
-X_LABEL = "probe face width (pixels)"
-_GREY = (0.45, 0.45, 0.45)
-
-
-# --------------------------------------------------------------------------------------------
-# Styles: one hue per loss family, +R solid and darker, base dashed and lighter
-# --------------------------------------------------------------------------------------------
-
-
-def _family(method: str, model: str | None = None) -> tuple[str, bool]:
-    """(family name, is_ring) of a model; unknown method strings are their own family.
-
-    A training variant named ``<method><suffix>`` (``SM+aug``, ``SM+R(0.01)+aug``) belongs to
-    the family ``<base><suffix>`` (``SM+aug``), so a variant gets its own hue and its +R model
-    pairs with the base loss trained the same way, as the Ring margin does.
-    """
-    if method == PIXELS:
-        return PIXELS, False
-    suffix = ""
-    if model is not None and model != method and model.startswith(method):
-        suffix = model[len(method) :]
-    try:
-        spec = parse_method(method)
-    except Exception:  # a checkpoint from another version: style it on its own
-        return method, False
-    return str(spec.without_ring()) + suffix, spec.ring_weight is not None
-
-
-def _shade(rgb: Sequence[float], lightness: float) -> tuple[float, float, float]:
-    h, _, s = colorsys.rgb_to_hls(*rgb[:3])
-    return colorsys.hls_to_rgb(h, lightness, min(1.0, s * 1.05))
-
-
-def model_styles(models: pd.DataFrame) -> dict[str, dict]:
-    """Per model id: colour, linestyle, marker, z-order and legend order.
-
-    Args:
-        models: frame with columns ``model`` and ``method`` (one row per model).
-    """
-    import seaborn as sns
-
-    pairs = models.drop_duplicates("model").sort_values("model")
-    fam_of = {m: _family(meth, m) for m, meth in zip(pairs["model"], pairs["method"], strict=True)}
-    families = sorted({f for f, _ in fam_of.values() if f != PIXELS})
-    palette = sns.color_palette("tab10", 10)
-    palette = [c for i, c in enumerate(palette) if i != 7]  # tab10 grey is for the reference
-    hue = {f: palette[i % len(palette)] for i, f in enumerate(families)}
-    markers = "osD^vP*Xph"
-    styles: dict[str, dict] = {}
-    order = 0
-    for fam in families:
-        members = sorted(m for m, (f, _) in fam_of.items() if f == fam)
-        rings = [m for m in members if fam_of[m][1]]
-        plain = [m for m in members if not fam_of[m][1]]
-        has_ring = bool(rings)
-        for i, m in enumerate(plain):
-            styles[m] = {
-                "color": _shade(hue[fam], 0.62) if has_ring else hue[fam],
-                "linestyle": (0, (4, 2)) if has_ring else "-",
-                "marker": markers[families.index(fam) % len(markers)],
-                "zorder": 3,
-                "order": order + i,
-            }
-        for j, m in enumerate(rings):
-            styles[m] = {
-                "color": _shade(hue[fam], 0.38 - 0.08 * j),
-                "linestyle": "-",
-                "marker": markers[families.index(fam) % len(markers)],
-                "zorder": 4,
-                "order": order + len(plain) + j,
-            }
-        order += len(members)
-    for m, (f, _) in fam_of.items():
-        if f == PIXELS:
-            styles[m] = {
-                "color": _GREY,
-                "linestyle": ":",
-                "marker": ".",
-                "zorder": 2,
-                "order": 10_000,
-            }
-    return styles
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _figure(ncols: int, nrows: int = 1, *, panel=(4.2, 3.4), extra_w: float = 2.2):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(panel[0] * ncols + extra_w, panel[1] * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
-    return fig, axes
-
-
-def log2_size_axis(ax, sizes: Sequence[int]) -> None:
-    """Log2 x axis ticked at the probe widths ``sizes`` (pixels), largest on the left."""
-    from matplotlib.ticker import FixedLocator, NullLocator
-
-    sizes = sorted({int(s) for s in sizes})
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(sizes))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(s) for s in sizes])
-    lo, hi = min(sizes), max(sizes)
-    ax.set_xlim(lo / 2**0.25, hi * 2**0.25)
-    ax.set_xlabel(X_LABEL)
-
-
-def model_legend(fig, axes, styles: dict[str, dict], title: str = "model") -> None:
-    """One legend for the figure, right of the panels, one entry per styled model."""
-    from matplotlib.lines import Line2D
-
-    names = sorted(styles, key=lambda m: styles[m]["order"])
-    handles = [
-        Line2D(
-            [],
-            [],
-            color=styles[m]["color"],
-            linestyle=styles[m]["linestyle"],
-            marker=styles[m]["marker"],
-            linewidth=2,
-        )
-        for m in names
-    ]
-    fig.legend(handles, names, title=title, loc="outside right upper", frameon=False)
-
-
-def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``fig`` as ``stem.png`` and ``stem.pdf`` into ``out_dir`` (atomically); their paths."""
-    paths = []
-    for ext in ("png", "pdf"):
-        buf = io.BytesIO()
-        meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
-        fig.savefig(buf, format=ext, dpi=150, metadata=meta)
-        paths.append(atomic_write_bytes(out_dir / f"{stem}.{ext}", buf.getvalue()))
-    return paths
-
-
-def _caption(prim: pd.DataFrame) -> str:
-    parts = []
-    for col in ("dataset", "pairing", "degrade"):
-        vals = sorted(set(prim[col]) - {""})
-        if vals:
-            parts.append(f"{col}: {', '.join(vals)}")
-    import textwrap
-
-    # Long degradation chains wrap instead of running under the legend.
-    return "\n".join(textwrap.wrap("   ".join(parts), 80))
-
-
-def fmt_far(far: float) -> str:
-    """A FAR as a label: ``1e-2`` for powers of ten, else ``%g``.
-
-    >>> fmt_far(0.01), fmt_far(0.05)
-    ('1e-2', '0.05')
-    """
-    exp = math.log10(far)
-    return f"1e{round(exp)}" if math.isclose(exp, round(exp)) else f"{far:g}"
-
-
-# --------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------
-
-
-def draw_curves(ax, rows: pd.DataFrame, styles: dict[str, dict]) -> None:
-    """One line per model of ``value`` vs face width with its ``ci_low``..``ci_high`` band."""
-    for model, g in rows.groupby("model"):
-        g = g.sort_values("size_px")
-        st = styles[model]
-        x = g["size_px"].to_numpy(float)
-        ax.fill_between(
-            x,
-            g["ci_low"],
-            g["ci_high"],
-            color=st["color"],
-            alpha=0.12,
-            linewidth=0,
-            zorder=st["zorder"] - 1,
-        )
-        model_line(ax, x, g["value"], st)
-
-
-def model_line(ax, x, y, st: dict) -> None:
-    """A model's line in its style (colour, dash, marker, z-order)."""
-    ax.plot(
-        x,
-        y,
-        color=st["color"],
-        linestyle=st["linestyle"],
-        marker=st["marker"],
-        markersize=4,
-        linewidth=1.8,
-        zorder=st["zorder"],
-    )
 
 
 def figure_tar_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
@@ -252,7 +38,7 @@ def figure_tar_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
     fars = sorted(tar["far"].unique())
     if not fars:
         raise ResultsError("no TAR rows to plot; the results table is empty")
-    fig, axes = _figure(len(fars))
+    fig, axes = new_figure(len(fars))
     sizes = tar["size_px"].dropna().astype(int).unique()
     for ax, far in zip(axes[0], fars, strict=True):
         sub = tar[np.isclose(tar["far"], far)]
@@ -275,7 +61,7 @@ def figure_tar_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
             else "95% Clopper-Pearson"
         )
         + ")\n"
-        + _caption(prim),
+        + caption(prim),
         fontsize=10,
     )
     return fig
@@ -287,7 +73,7 @@ def figure_roc(roc: pd.DataFrame, styles: dict[str, dict], caption: str = ""):
     sizes = sorted(roc["size_px"].unique(), reverse=True)
     ncols = min(len(sizes), 3)
     nrows = math.ceil(len(sizes) / ncols)
-    fig, axes = _figure(ncols, nrows, panel=(3.8, 3.2))
+    fig, axes = new_figure(ncols, nrows, panel=(3.8, 3.2))
     for i, ax in enumerate(axes.flat):
         if i >= len(sizes):
             ax.set_visible(False)
@@ -383,7 +169,7 @@ def figure_norms(norms: pd.DataFrame, styles: dict[str, dict], caption: str = ""
 def figure_genuine_cosine(prim: pd.DataFrame, styles: dict[str, dict]):
     """Figure 4 from primary rows (``genuine_cos_mean``; ``impostor_cos_mean`` in the inset)."""
     gen = prim[prim["metric"] == "genuine_cos_mean"]
-    fig, axes = _figure(1, panel=(5.5, 3.8))
+    fig, axes = new_figure(1, panel=(5.5, 3.8))
     ax = axes[0][0]
     for model, g in gen.groupby("model"):
         g = g.sort_values("size_px")
@@ -392,7 +178,7 @@ def figure_genuine_cosine(prim: pd.DataFrame, styles: dict[str, dict]):
     ax.set_ylabel("mean cosine of genuine pairs")
     ax.grid(True, alpha=0.3)
     model_legend(fig, axes, styles)
-    fig.suptitle("Genuine-pair similarity vs probe resolution\n" + _caption(prim), fontsize=10)
+    fig.suptitle("Genuine-pair similarity vs probe resolution\n" + caption(prim), fontsize=10)
     return fig
 
 
@@ -403,7 +189,7 @@ def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict]):
     if margin.empty:
         return None
     fars = sorted(margin["far"].unique())
-    fig, axes = _figure(len(fars))
+    fig, axes = new_figure(len(fars))
     labels = {}
     for ax, far in zip(axes[0], fars, strict=True):
         sub = margin[np.isclose(margin["far"], far)]
@@ -441,7 +227,7 @@ def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict]):
         "Ring-loss margin vs probe resolution\n(bands: 95% paired bootstrap over identities"
         + (" and seeds" if several_seeds else "")
         + ")\n"
-        + _caption(prim),
+        + caption(prim),
         fontsize=10,
     )
     return fig
@@ -539,7 +325,7 @@ def figure_scores(scores: pd.DataFrame, prim: pd.DataFrame, styles: dict[str, di
     fig.suptitle(
         "Genuine and impostor score distributions per probe resolution (density, each area 1)\n"
         "d': decidability; FRR: share of genuine pairs the clean threshold rejects\n"
-        + _caption(prim),
+        + caption(prim),
         fontsize=10,
     )
     return fig
@@ -603,7 +389,7 @@ def plot_tables(
     out_dir = Path(out_dir)
     prim = primary_rows(table)
     styles = model_styles(prim[["model", "method"]])
-    caption = _caption(prim)
+    cap = caption(prim)
     written: list[Path] = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
         figures = [
@@ -612,9 +398,9 @@ def plot_tables(
             ("ring_margin", figure_ring_margin(prim, styles)),
         ]
         if roc is not None and not roc.empty:
-            figures.append(("roc", figure_roc(roc, styles, caption)))
+            figures.append(("roc", figure_roc(roc, styles, cap)))
         if norms is not None and not norms.empty:
-            figures.append(("norms", figure_norms(norms, styles, caption)))
+            figures.append(("norms", figure_norms(norms, styles, cap)))
         if scores is not None and not scores.empty:
             figures.append(("scores", figure_scores(scores, prim, styles)))
         if training is not None and not training.empty:
