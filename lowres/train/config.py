@@ -90,7 +90,7 @@ class TrainConfig:
             epoch and ``auto_steps``: 12 to 40 epochs (synth's cpu preset: 18; ORL's 300
             training images at batch 32: 40 epochs).
         auto_steps: the optimizer steps :func:`auto_epochs` aims for when ``epochs`` is None
-            (default 2,100: synth's measured 95% of its 48-epoch TAR; 1,000 reproduces the
+            (default 2,100: synth's 18 epochs, 97-99% of its 48-epoch TAR; 1,000 reproduces the
             models trained before this setting existed).
         batch_size: images per step (default 128; :func:`train_batch` halves it, and the lr
             with it, for sets too small for 8 steps per epoch). Incomplete last batches are
@@ -359,10 +359,11 @@ def auto_epochs(steps_per_epoch: int, target_steps: int = AUTO_STEPS) -> int:
     ``AUTO_MIN_EPOCHS`` and at most ``AUTO_MAX_EPOCHS``.
 
     Measured, not a fixed image count: with the default recipe (cosine, batch 128) synth's
-    clean test TAR reaches at least 95% of its 48-epoch value for every method of the paper in
-    18 epochs of 118 steps (``experiments/training_length.toml``), hence 2,100 steps; ORL's 9
-    steps per epoch take the 40 epochs it has always had. The 1,000 steps used before (12
-    epochs on synth) reached 90-94% of the 48-epoch value.
+    clean test TAR reaches 97-99% of its 48-epoch value (where it plateaus) for every method of
+    the paper in 18 epochs of 118 steps (``experiments/training_length.toml`` and the default
+    sweep), hence 2,100 steps; ORL's 9 steps per epoch take the 40 epochs it has always had.
+    The 1,000 steps used before (12 epochs on synth) reached 93-96% of it, under 95% for four
+    of the six methods.
 
     >>> auto_epochs(118), auto_epochs(9), auto_epochs(150), auto_epochs(118, 1000)
     (18, 40, 14, 12)
