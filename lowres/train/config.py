@@ -16,7 +16,7 @@ from lowres.errors import ConfigError
 
 # Fields that say how a run executes, not what it trains: they are left out of the config hash
 # so a model trained on a GPU or with more threads is found in the sweep's cache.
-_EXECUTION_FIELDS = ("device", "num_threads", "amp", "loader_workers")
+_EXECUTION_FIELDS = ("device", "num_threads", "amp", "loader_workers", "compile")
 
 
 _LATE_FIELDS = {
@@ -146,6 +146,9 @@ class TrainConfig:
             (:class:`~lowres.data.stream.DiskImages`) ahead of the step; None: half the CPU
             cores, 1 to 4. In-memory sets are indexed in the training process. An execution
             setting: the weights do not depend on it.
+        compile: run the training step (network, head, loss) under ``torch.compile``; an
+            execution setting (the compiled step computes the same function, to float
+            rounding, like another device).
     """
 
     method: str
@@ -181,6 +184,7 @@ class TrainConfig:
     channels_last: bool = True
     auto_steps: int = 2100
     loader_workers: int | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.lr is None:
@@ -273,7 +277,7 @@ class TrainConfig:
 
     def hash(self) -> str:
         """Stable 16-hex digest of the canonical JSON of everything but the execution fields
-        (device, num_threads, amp, loader_workers), for caching trained models."""
+        (device, num_threads, amp, loader_workers, compile), for caching trained models."""
         values = {k: v for k, v in self.to_dict().items() if k not in _EXECUTION_FIELDS}
         # Fields added after TRAIN_FORMAT 2 enter the hash only when set, so models cached
         # before they existed keep their hash (their weights do not depend on them).

@@ -448,6 +448,8 @@ def _train(  # noqa: C901
         runner = DistributedDataParallel(
             step_module, device_ids=[device.index] if cuda else None, forward_sync_buffers=False
         )
+    if config.compile:
+        runner = torch.compile(runner)
 
     optimizer = torch.optim.SGD(
         _param_groups(model, loss_fn, config, config.lr * lr_scale),
