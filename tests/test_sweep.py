@@ -112,7 +112,7 @@ def test_reference_table_shape(reference):
     assert {"train", "embed", "score", "total"} <= set(prov["timings_s"])
 
 
-def test_quality_rows_match_a_naive_recomputation(reference):
+def test_quality_rows_match_a_naive_recomputation(reference, tmp_path):
     """The norm-quality rows of a real sweep, recomputed from its own norms.csv and cells by
     a naive loop: discard the lowest-norm probes, count the rejected genuine pairs."""
     from lowres.cells import load_cell_arrays
@@ -129,6 +129,16 @@ def test_quality_rows_match_a_naive_recomputation(reference):
     assert len(rho) == 3 and rho["scale"].isna().all()
     edc_curves = pd.read_csv(config.out / "quality.csv")
     assert set(edc_curves["quality"]) == {"norm", "oracle"}
+    from lowres.sweep.summary import format_summary
+
+    text = format_summary(table)
+    assert "EDC20@6px" in text and "norm_rho" in text and "oracle" in text
+    import shutil
+
+    from lowres.plots import plot_run
+
+    copy = shutil.copytree(config.out, tmp_path / "copy")
+    assert copy / "figures" / "quality_edc.png" in plot_run(copy)
     cells = {}
     for meta in cells_dir.glob("*.json"):
         cell = json.loads(meta.read_text())
