@@ -9,8 +9,10 @@ Throughput, for ``cpunet-s`` (batch 128, SM head, one torch thread unless ``--th
 
 For each: the data pipeline alone (reading the batch with 0, 1 and 2 loader workers, the
 batched augmentation and the input adapter: img/s), the model step alone (forward, head,
-backward, SGD on a ready batch), full training through ``lowres.train.train``, and the ratio
-full / min(data, model): 1.0 means training runs as fast as its slower half allows.
+backward, SGD on a ready batch), full training through ``lowres.train.train`` with 0 and 1
+loader workers (1: reading and the CPU augmentation run in a worker process beside the step),
+and the ratio full / min(data, model): 1.0 means training runs as fast as its slower half
+allows.
 
 Memory (``--memory 20000,200000``): for each size, a fresh process decodes a generated pack into
 an empty cache and trains one epoch streamed from it (``--memory-steps`` caps the steps); the
@@ -26,6 +28,7 @@ Machines are shared: check the load average, rerun when the numbers look off.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -123,11 +126,12 @@ def throughput(name: str, config: TrainConfig, steps: int, workers: list[int]) -
     shape = (model.in_channels, *model.input_size)
     data = {w: data_rate(train_set.images, adapter, w, steps) for w in workers}
     net = model_rate(config.model, shape, train_set.num_identities, steps)
-    full = full_rate(config, steps)
+    full = {w: full_rate(dataclasses.replace(config, loader_workers=w), steps) for w in (0, 1)}
     best = max(data.values())
     cells = "   ".join(f"data, {w} workers {v:6.0f}" for w, v in data.items())
-    print(f"{name:34s} {cells}   model {net:6.0f}   full {full:6.0f} img/s   "
-          f"full / min(data, model) {full / min(best, net):.2f}")  # fmt: skip
+    fulls = "   ".join(f"full, {w} workers {v:6.0f}" for w, v in full.items())
+    print(f"{name}\n    {cells}   model {net:6.0f} img/s\n    {fulls} img/s   "
+          f"best full / min(data, model) {max(full.values()) / min(best, net):.2f}")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
