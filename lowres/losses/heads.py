@@ -4,7 +4,8 @@ Every head owns its class weights, computes in float32 even under ``torch.autoca
 weights and margins in bf16/fp16 lose the small angular differences the margins act on), and
 returns a :class:`HeadOutput`:
 
-* ``loss``: cross-entropy on the *training* logits (with the head's margin, if any);
+* ``loss``: cross-entropy on the *training* logits (with the head's margin, if any), plus the
+  head's :meth:`Head.extra_loss` where it has one (MagFace's magnitude regulariser);
 * ``logits``: the *plain* logits without margin, used for accuracy in logs: SM ``W x + b``,
   l2-SM ``alpha W x^ + b``, SF ``||x|| cos theta``, CosFace/ArcFace ``s cos theta``. Their argmax
   is the class the head would predict at test time; a margin only exists when the label is
@@ -104,6 +105,21 @@ class Head(nn.Module):
         """Logits without margin: (B, D) -> (B, C)."""
         raise NotImplementedError
 
+    def extra_loss(self, features: Tensor, labels: Tensor) -> Tensor | None:
+        """A term the head adds to its cross-entropy (MagFace's magnitude regulariser), or None.
+
+        Computed in the same dtype as :meth:`train_logits`; the default None leaves the loss
+        the bare cross-entropy, bit for bit.
+
+        Args:
+            features: (B, D) embeddings, at least float32.
+            labels: (B,) integer class indices.
+
+        Returns:
+            0-d tensor, or None.
+        """
+        return None
+
     def after_step(self) -> None:
         """Called once after every optimizer step (SphereFace advances its annealing)."""
 
@@ -119,7 +135,7 @@ class Head(nn.Module):
             )
 
     def forward(self, features: Tensor, labels: Tensor) -> HeadOutput:
-        """Cross-entropy loss and plain logits, computed in float32.
+        """Cross-entropy loss (plus :meth:`extra_loss`) and plain logits, in float32.
 
         Args:
             features: (B, D) embeddings, any float dtype.
@@ -136,6 +152,9 @@ class Head(nn.Module):
             train = self.train_logits(x, labels)
             plain = self.plain_logits(x)
             loss = F.cross_entropy(train, labels.long())
+            extra = self.extra_loss(x, labels)
+            if extra is not None:
+                loss = loss + extra
         return HeadOutput(loss, plain)
 
 
