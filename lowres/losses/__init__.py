@@ -1,5 +1,5 @@
-"""Losses: a head (SM, l2-SM, SF, CosFace, ArcFace) plus optional embedding regularisers
-(Ring loss, Center loss), which any head can take.
+"""Losses: a head (SM, l2-SM, SF, CosFace, ArcFace, AdaFace) plus optional embedding
+regularisers (Ring loss, Center loss), which any head can take.
 
 :class:`MethodLoss` bundles them for the trainer: it owns every learnable loss parameter, says
 how to optimise them (:meth:`MethodLoss.param_groups`), and needs :meth:`MethodLoss.after_step`
@@ -23,6 +23,7 @@ from lowres.errors import ConfigError
 from lowres.losses import functional
 from lowres.losses.auxiliary import CenterLoss, Regulariser, RingLoss
 from lowres.losses.heads import (
+    AdaFaceHead,
     ArcFaceHead,
     CosFaceHead,
     Head,
@@ -35,6 +36,7 @@ from lowres.losses.heads import (
 __all__ = [
     "HEADS",
     "REGULARISERS",
+    "AdaFaceHead",
     "ArcFaceHead",
     "CenterLoss",
     "CosFaceHead",
@@ -53,7 +55,14 @@ __all__ = [
 
 HEADS: dict[str, type[Head]] = {
     head.NAME: head
-    for head in (SoftmaxHead, SphereFaceHead, L2SoftmaxHead, CosFaceHead, ArcFaceHead)
+    for head in (
+        SoftmaxHead,
+        SphereFaceHead,
+        L2SoftmaxHead,
+        CosFaceHead,
+        ArcFaceHead,
+        AdaFaceHead,
+    )
 }
 """Every head by its name in the paper's notation (in the order the help line lists them)."""
 
@@ -191,7 +200,8 @@ class MethodLoss(nn.Module):
             reg.discard_step()
 
     def stats(self) -> dict[str, float]:
-        """Loggable scalars: ``R`` with Ring loss, ``lambda_sf`` with SF, ``alpha`` if learned."""
+        """Loggable scalars: ``R`` with Ring loss, ``lambda_sf`` with SF, ``alpha`` if learned,
+        AdaFace's running norm statistics."""
         out = dict(self.head.stats())
         for reg in self.regularisers():
             out.update(reg.stats())

@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lowres.distributed import all_reduce_sum
 from lowres.errors import ConfigError
 from lowres.losses import functional as LF
 
 __all__ = [
+    "AdaFaceHead",
     "ArcFaceHead",
     "CosFaceHead",
     "Head",
@@ -58,6 +60,20 @@ def _check_positive(name: str, value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
     return value
+
+
+def _number(what: str, value: object, bad: Callable[[str], Exception]) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise bad(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise bad(f"{what} must be a finite number, got {value!r}")
+    return number
+
+
+def _config_error(why: str) -> ConfigError:
+    return ConfigError(why)
 
 
 class Head(nn.Module):
@@ -419,4 +435,119 @@ class ArcFaceHead(_NormalisedHead):
         return (
             f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, s={self.s:g}, "
             f"m={self.m:g}, easy_margin={self.easy_margin}"
+        )
+
+
+_ADAFACE_FORM = "AdaFace takes (m,h) or (m,h,s), e.g. AdaFace(0.4,0.333)"
+
+
+def _adaface_settings(
+    m: object, h: object, s: object, bad: Callable[[str], Exception]
+) -> tuple[float, float, float]:
+    m = _number("AdaFace margin m", m, bad)
+    if not 0.0 <= m < math.pi / 2:
+        raise bad(f"AdaFace margin m must be in [0, pi/2) radians, got {m!r}; {_ADAFACE_FORM}")
+    h = _number("AdaFace h", h, bad)
+    if h <= 0:
+        raise bad(
+            f"AdaFace h (how far the margin follows the norm) must be > 0, got {h!r}; "
+            f"{_ADAFACE_FORM}"
+        )
+    s = _number("AdaFace scale s", s, bad)
+    if s <= 0:
+        raise bad(f"AdaFace scale s must be > 0, got {s!r}; e.g. AdaFace(0.4,0.333,64)")
+    return m, h, s
+
+
+class AdaFaceHead(_NormalisedHead):
+    """``AdaFace(m,h)``: quality-adaptive margin (Kim, Jain, Liu, CVPR 2022).
+
+    The feature norm is the image-quality proxy: ``z = clip((||x|| - mu) / (sigma + eps) h,
+    -1, 1)`` with ``||x||`` detached and clipped to [0.001, 100], and the target logit is
+    ``s (cos(clip(theta_y - m z, eps, pi - eps)) - m - m z)`` (ArcFace's margin for the lowest
+    norms, CosFace's for average ones); see :func:`lowres.losses.functional.adaface_logits`.
+    ``mu`` and ``sigma`` are running averages of the batches' mean and (unbiased) std of the
+    clipped norms, ``mu <- t_alpha mean + (1 - t_alpha) mu``, updated *before* the margin is
+    computed, in training mode only, over the global batch under DDP. They are the buffers
+    ``batch_mean`` (starts at 20) and ``batch_std`` (starts at 100), saved in ``state_dict``
+    and checkpoints. Everything follows the official ``head.py``, except that a batch whose
+    statistic is not finite (one image: no unbiased std) leaves the running value as it was.
+
+    Notation: ``AdaFace`` (the defaults), ``AdaFace(m,h)``, ``AdaFace(m,h,s)``.
+
+    Args:
+        embed_dim: D.
+        num_classes: C.
+        m: margin, 0 <= m < pi/2 (paper and official scripts: 0.4).
+        h: concentration of the scaler, > 0 (0.333: about 68% of norms give |z| < 0.333).
+        s: scale (64).
+        t_alpha: momentum of the running statistics in (0, 1] (the official config: 0.01).
+    """
+
+    NAME, FORMS = "AdaFace", ("AdaFace", "AdaFace(m,h)", "AdaFace(m,h,s)")
+    DEFAULTS: ClassVar[tuple[float, float, float]] = (0.4, 0.333, 64.0)
+
+    @classmethod
+    def check_args(cls, args: list, bad: Callable[[str], Exception], positive: Callable) -> list:
+        if not args:
+            return args
+        if len(args) not in (2, 3):
+            raise bad(_ADAFACE_FORM)
+        m, h, s = _adaface_settings(*(list(args) + list(cls.DEFAULTS[len(args) :])), bad)
+        return [m, h, s][: len(args)]
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        m: float = 0.4,
+        h: float = 0.333,
+        s: float = 64.0,
+        *,
+        t_alpha: float = 0.01,
+    ) -> None:
+        super().__init__(embed_dim, num_classes)
+        self.m, self.h, self.s = _adaface_settings(m, h, s, _config_error)
+        t_alpha = float(t_alpha)
+        if not 0.0 < t_alpha <= 1.0:
+            raise ConfigError(f"AdaFace t_alpha must be in (0, 1], got {t_alpha!r}; e.g. 0.01")
+        self.t_alpha = t_alpha
+        self.register_buffer("batch_mean", torch.tensor(20.0))
+        self.register_buffer("batch_std", torch.tensor(100.0))
+
+    @torch.no_grad()
+    def _update_statistics(self, features: Tensor) -> None:
+        mean, std = LF.adaface_batch_stats(LF.adaface_norms(features), reduce=all_reduce_sum)
+        self.batch_mean.copy_(LF.adaface_ema(self.batch_mean, mean, self.t_alpha))
+        self.batch_std.copy_(LF.adaface_ema(self.batch_std, std, self.t_alpha))
+
+    def train_logits(self, features: Tensor, labels: Tensor) -> Tensor:
+        """The margin logits; in training mode the running statistics first take this batch."""
+        if self.training:
+            self._update_statistics(features)
+        dtype = features.dtype
+        return LF.adaface_logits(
+            features,
+            self.weight.to(dtype),
+            labels,
+            self.s,
+            self.m,
+            self.h,
+            self.batch_mean.to(dtype),
+            self.batch_std.to(dtype),
+        )
+
+    def plain_logits(self, features: Tensor) -> Tensor:
+        return self.s * LF.normalised_linear(features, self.weight.to(features.dtype))
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "adaface_norm_mean": float(self.batch_mean),
+            "adaface_norm_std": float(self.batch_std),
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, m={self.m:g}, "
+            f"h={self.h:g}, s={self.s:g}, t_alpha={self.t_alpha:g}"
         )
