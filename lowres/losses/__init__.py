@@ -1,4 +1,4 @@
-"""Losses: a head (SM, l2-SM, SF, CosFace, ArcFace, AdaFace) plus optional embedding
+"""Losses: a head (SM, l2-SM, SF, CosFace, ArcFace, AdaFace, MagFace) plus optional embedding
 regularisers (Ring loss, Center loss), which any head can take.
 
 :class:`MethodLoss` bundles them for the trainer: it owns every learnable loss parameter, says
@@ -29,6 +29,7 @@ from lowres.losses.heads import (
     Head,
     HeadOutput,
     L2SoftmaxHead,
+    MagFaceHead,
     SoftmaxHead,
     SphereFaceHead,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "HeadOutput",
     "L2SoftmaxHead",
     "LossOutput",
+    "MagFaceHead",
     "MethodLoss",
     "Regulariser",
     "RingLoss",
@@ -62,6 +64,7 @@ HEADS: dict[str, type[Head]] = {
         CosFaceHead,
         ArcFaceHead,
         AdaFaceHead,
+        MagFaceHead,
     )
 }
 """Every head by its name in the paper's notation (in the order the help line lists them)."""

@@ -34,6 +34,11 @@ __all__ = [
     "cosface_logits",
     "feature_norms",
     "l2_softmax_logits",
+    "magface_logits",
+    "magface_magnitudes",
+    "magface_margin",
+    "magface_min_lambda_g",
+    "magface_regulariser",
     "normalised_linear",
     "ring_loss",
     "sphereface_lambda",
@@ -532,3 +537,107 @@ def adaface_logits(
     g_add = m + m * scaler
     target = torch.cos((theta_y + g_angle).clamp(eps, math.pi - eps)) - g_add
     return s * _target_logits(cos, labels, target)
+
+
+def magface_magnitudes(features: Tensor, l_a: float, u_a: float) -> Tensor:
+    """MagFace's magnitude ``a = clip(||x||, l_a, u_a)``, with gradient (zero outside the range,
+    where the clip holds it: both the margin and the regulariser then stop acting on it).
+
+    Args:
+        features: (B, D).
+        l_a, u_a: the magnitude range, 0 < l_a < u_a (MagFace: 10, 110).
+
+    Returns:
+        (B,) magnitudes.
+    """
+    return feature_norms(features).clamp(l_a, u_a)
+
+
+def magface_margin(a: Tensor, l_a: float, u_a: float, l_m: float, u_m: float) -> Tensor:
+    """MagFace's magnitude-aware margin ``m(a) = (u_m - l_m) / (u_a - l_a) (a - l_a) + l_m``.
+
+    Linear from ``l_m`` at ``a = l_a`` to ``u_m`` at ``a = u_a``; ``a`` comes clipped from
+    :func:`magface_magnitudes`, so the margin stays in [l_m, u_m].
+
+    Args:
+        a: (B,) magnitudes.
+        l_a, u_a: the magnitude range.
+        l_m, u_m: the margins at its ends (MagFace: 0.45, 0.8 rad).
+
+    Returns:
+        (B,) margins in radians.
+    """
+    return (u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m
+
+
+def magface_regulariser(a: Tensor, u_a: float) -> Tensor:
+    """MagFace's magnitude regulariser ``g(a) = 1/a + a/u_a^2``, averaged over the batch (as the
+    official ``MagLoss``; the loss adds it times lambda_g). Minimal at ``a = u_a``, so it
+    pushes magnitudes up inside [l_a, u_a].
+
+    Args:
+        a: (B,) magnitudes (:func:`magface_magnitudes`).
+        u_a: upper end of the magnitude range.
+
+    Returns:
+        0-d tensor.
+    """
+    return torch.mean(1.0 / (u_a**2) * a + 1.0 / a)
+
+
+def magface_min_lambda_g(s: float, l_a: float, u_a: float, l_m: float, u_m: float) -> float:
+    """The smallest lambda_g for which MagFace's theory holds (a unique optimal magnitude per
+    class): ``s k u_a^2 l_a^2 / (u_a^2 - l_a^2)`` with ``k = (u_m - l_m) / (u_a - l_a)``.
+
+    The official trainer only prints it (red when lambda_g is below). With the published
+    settings (s 64, a in [10, 110], m in [0.45, 0.8]) it is 22.6, below their lambda_g 35.
+
+    Returns:
+        the bound as a float.
+    """
+    k = (u_m - l_m) / (u_a - l_a)
+    return s * k * u_a**2 * l_a**2 / (u_a**2 - l_a**2)
+
+
+def magface_logits(
+    features: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    s: float,
+    margin: Tensor,
+    *,
+    easy_margin: bool = True,
+) -> Tensor:
+    """MagFace logits (Meng et al., CVPR 2021): target ``s cos(theta_y + m(a_i))``, others
+    ``s cos theta_j``, transcribed from the official ``MagLinear``.
+
+    The margin is per row (:func:`magface_margin`) and keeps its gradient to the magnitude.
+    ``easy_margin`` (the official ``MagLinear``'s default, which its builder never changes)
+    applies the margin only where ``cos theta_y > 0``; without it, past ``theta = pi - m`` the
+    target becomes ``cos theta - m sin(pi - m)`` as in ArcFace. Cosines are clamped to [-1, 1];
+    ``sin theta_y`` is ``sqrt(max(1 - cos^2, ACOS_CLAMP))`` (the official code has no floor and
+    gets an infinite gradient at cos = +-1).
+
+    Args:
+        features: (B, D).
+        weight: (C, D) class weights (normalised inside).
+        labels: (B,) class indices.
+        s: scale > 0.
+        margin: (B,) per-row angular margins in radians.
+        easy_margin: see above.
+
+    Returns:
+        (B, C) logits.
+    """
+    _check_features(features)
+    _check_labels(labels, features.shape[0], weight.shape[0])
+    cos = normalised_linear(features, weight).clamp(-1.0, 1.0)
+    cos_y = cos.gather(1, labels.long().unsqueeze(1))
+    sin_y = torch.sqrt((1.0 - cos_y.pow(2)).clamp_min(ACOS_CLAMP))
+    m = margin.to(cos.dtype).unsqueeze(1)
+    phi = cos_y * torch.cos(m) - sin_y * torch.sin(m)
+    if easy_margin:
+        phi = torch.where(cos_y > 0, phi, cos_y)
+    else:
+        phi = torch.where(cos_y > torch.cos(math.pi - m), phi, cos_y - torch.sin(math.pi - m) * m)
+    return s * _target_logits(cos, labels, phi)

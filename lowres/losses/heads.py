@@ -33,6 +33,7 @@ __all__ = [
     "Head",
     "HeadOutput",
     "L2SoftmaxHead",
+    "MagFaceHead",
     "SoftmaxHead",
     "SphereFaceHead",
 ]
@@ -550,4 +551,130 @@ class AdaFaceHead(_NormalisedHead):
         return (
             f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, m={self.m:g}, "
             f"h={self.h:g}, s={self.s:g}, t_alpha={self.t_alpha:g}"
+        )
+
+
+_MAGFACE_FORM = "MagFace takes (l_a,u_a,l_m,u_m,lambda_g) or (l_a,u_a,l_m,u_m,lambda_g,s)"
+_MAGFACE_EXAMPLE = "e.g. MagFace(10,110,0.45,0.8,35)"
+
+
+def _magface_settings(values: Sequence, bad: Callable[[str], Exception]) -> list[float]:
+    names = ("lower magnitude l_a", "upper magnitude u_a", "lower margin l_m", "upper margin u_m")
+    l_a, u_a, l_m, u_m, lambda_g, s = (
+        _number(f"MagFace {what}", value, bad)
+        for what, value in zip((*names, "lambda_g", "scale s"), values, strict=True)
+    )
+    if l_a <= 0 or u_a <= l_a:
+        raise bad(
+            f"MagFace needs 0 < l_a < u_a (the range of feature norms the margin spans), got "
+            f"l_a={l_a!r}, u_a={u_a!r}; {_MAGFACE_EXAMPLE}"
+        )
+    if l_m < 0 or u_m < l_m or u_m >= math.pi / 2:
+        raise bad(
+            f"MagFace needs margins 0 <= l_m <= u_m < pi/2 radians, got l_m={l_m!r}, "
+            f"u_m={u_m!r}; {_MAGFACE_EXAMPLE}"
+        )
+    if lambda_g < 0:
+        raise bad(f"MagFace lambda_g must be >= 0, got {lambda_g!r}; {_MAGFACE_EXAMPLE}")
+    if s <= 0:
+        raise bad(f"MagFace scale s must be > 0, got {s!r}; e.g. MagFace(10,110,0.45,0.8,35,64)")
+    return [l_a, u_a, l_m, u_m, lambda_g, s]
+
+
+class MagFaceHead(_NormalisedHead):
+    """``MagFace(l_a,u_a,l_m,u_m,lambda_g)``: magnitude-aware margin (Meng et al., CVPR 2021).
+
+    The magnitude ``a = clip(||x||, l_a, u_a)`` sets the row's margin
+    ``m(a) = (u_m - l_m) / (u_a - l_a) (a - l_a) + l_m``; the target logit is
+    ``s cos(theta_y + m(a))`` with the official ``easy_margin`` (no margin where
+    ``cos theta_y <= 0``), and the loss adds ``lambda_g mean_i (1/a_i + a_i / u_a^2)``
+    (:meth:`extra_loss`), which pushes magnitudes towards u_a while the margin pushes them
+    down. As in the official code ``a`` keeps its gradient through the margin and the
+    regulariser, and both stop acting on a norm the clip holds at l_a or u_a. See
+    :func:`lowres.losses.functional.magface_logits`.
+
+    Defaults are the published ones (paper and the official ``run.sh``): a in [10, 110],
+    m in [0.45, 0.8] rad, lambda_g 35, s 64, chosen for a 512-d iResNet. **On a small net**
+    the range need not fit, and only norms inside [l_a, u_a] feel either term: cpunet-s (128-d,
+    no final BatchNorm) starts at norms of about 6, below l_a, where MagFace is ArcFace(64,0.45)
+    with easy_margin; margin heads at s = 64 then inflate its norms within a few epochs
+    (ArcFace on ORL: a mean of about 250 by epoch 4). Measured with cpunet-s, 250-300 steps
+    (ORL, three seeds; synth ``--preset cpu``, one): with the defaults the mean norm ended at
+    16-32, the bulk inside the range (a tail above u_a, which nothing pulls back); with a range
+    narrowed to the initial norms, ``MagFace(2,30,0.45,0.8,35)``, they rose past u_a (a mean of
+    200-330 in epochs 4-7 on ORL) and ended at 36-126. So keep u_a above the norms the net
+    reaches (``norm_mean`` and ``norm_std`` in its ``log.csv``) rather than fitting the range
+    to the norms at the start, and keep lambda_g above
+    :func:`lowres.losses.functional.magface_min_lambda_g` (the paper's condition for a unique
+    optimal magnitude; 22.6 for the defaults).
+
+    Notation: ``MagFace`` (the defaults), ``MagFace(l_a,u_a,l_m,u_m,lambda_g)``,
+    ``MagFace(l_a,u_a,l_m,u_m,lambda_g,s)``.
+
+    Args:
+        embed_dim: D.
+        num_classes: C.
+        l_a, u_a: magnitude range, 0 < l_a < u_a.
+        l_m, u_m: margins (radians) at l_a and u_a, 0 <= l_m <= u_m < pi/2.
+        lambda_g: weight of the magnitude regulariser, >= 0.
+        s: scale > 0.
+        easy_margin: the official ``MagLinear`` default True; False uses ArcFace's
+            ``cos theta - m sin(pi - m)`` past ``theta = pi - m``.
+    """
+
+    NAME = "MagFace"
+    FORMS = ("MagFace", "MagFace(l_a,u_a,l_m,u_m,lambda_g)", "MagFace(l_a,u_a,l_m,u_m,lambda_g,s)")
+    DEFAULTS: ClassVar[tuple[float, ...]] = (10.0, 110.0, 0.45, 0.8, 35.0, 64.0)
+
+    @classmethod
+    def check_args(cls, args: list, bad: Callable[[str], Exception], positive: Callable) -> list:
+        if not args:
+            return args
+        if len(args) not in (5, 6):
+            raise bad(f"{_MAGFACE_FORM}, {_MAGFACE_EXAMPLE}")
+        return _magface_settings(list(args) + list(cls.DEFAULTS[len(args) :]), bad)[: len(args)]
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        l_a: float = 10.0,
+        u_a: float = 110.0,
+        l_m: float = 0.45,
+        u_m: float = 0.8,
+        lambda_g: float = 35.0,
+        s: float = 64.0,
+        *,
+        easy_margin: bool = True,
+    ) -> None:
+        super().__init__(embed_dim, num_classes)
+        settings = _magface_settings((l_a, u_a, l_m, u_m, lambda_g, s), _config_error)
+        self.l_a, self.u_a, self.l_m, self.u_m, self.lambda_g, self.s = settings
+        self.easy_margin = bool(easy_margin)
+
+    def margins(self, features: Tensor) -> Tensor:
+        """Each row's margin m(a) in radians: (B, D) -> (B,)."""
+        a = LF.magface_magnitudes(features, self.l_a, self.u_a)
+        return LF.magface_margin(a, self.l_a, self.u_a, self.l_m, self.u_m)
+
+    def train_logits(self, features: Tensor, labels: Tensor) -> Tensor:
+        weight = self.weight.to(features.dtype)
+        margin = self.margins(features)
+        return LF.magface_logits(
+            features, weight, labels, self.s, margin, easy_margin=self.easy_margin
+        )
+
+    def plain_logits(self, features: Tensor) -> Tensor:
+        return self.s * LF.normalised_linear(features, self.weight.to(features.dtype))
+
+    def extra_loss(self, features: Tensor, labels: Tensor) -> Tensor:
+        """``lambda_g`` times the batch mean of ``g(a) = 1/a + a/u_a^2``."""
+        a = LF.magface_magnitudes(features, self.l_a, self.u_a)
+        return self.lambda_g * LF.magface_regulariser(a, self.u_a)
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, "
+            f"a=[{self.l_a:g}, {self.u_a:g}], m=[{self.l_m:g}, {self.u_m:g}], "
+            f"lambda_g={self.lambda_g:g}, s={self.s:g}, easy_margin={self.easy_margin}"
         )
