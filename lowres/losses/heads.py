@@ -1,4 +1,5 @@
-"""Classifier heads: the primary loss of each method (SM, l2-SM, SF, CosFace, ArcFace).
+"""Classifier heads: the primary loss of each method (SM, l2-SM, SF, CosFace, ArcFace, AdaFace,
+MagFace).
 
 Every head owns its class weights, computes in float32 even under ``torch.autocast`` (class
 weights and margins in bf16/fp16 lose the small angular differences the margins act on), and
@@ -7,9 +8,13 @@ returns a :class:`HeadOutput`:
 * ``loss``: cross-entropy on the *training* logits (with the head's margin, if any), plus the
   head's :meth:`Head.extra_loss` where it has one (MagFace's magnitude regulariser);
 * ``logits``: the *plain* logits without margin, used for accuracy in logs: SM ``W x + b``,
-  l2-SM ``alpha W x^ + b``, SF ``||x|| cos theta``, CosFace/ArcFace ``s cos theta``. Their argmax
-  is the class the head would predict at test time; a margin only exists when the label is
-  known.
+  l2-SM ``alpha W x^ + b``, SF ``||x|| cos theta``, CosFace/ArcFace/AdaFace/MagFace
+  ``s cos theta``. Their argmax is the class the head would predict at test time; a margin
+  only exists when the label is known.
+
+AdaFace and MagFace are the two heads whose margin follows the feature norm: AdaFace's through
+running statistics of the norms (buffers in ``state_dict``), MagFace's through the norm itself
+plus a regulariser on it.
 """
 
 from __future__ import annotations
