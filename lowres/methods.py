@@ -4,16 +4,21 @@ Grammar (whitespace ignored, names case-insensitive, printed back in canonical c
 
     method := head ["(" args ")"] {"+" aux ["(" args ")"]}
     head   := SM | SF | SF(m) | l2-SM(alpha) | CosFace | CosFace(s,m) | ArcFace | ArcFace(s,m)
+            | AdaFace | AdaFace(m,h) | AdaFace(m,h,s)
+            | MagFace | MagFace(l_a,u_a,l_m,u_m,lambda_g) | MagFace(l_a,u_a,l_m,u_m,lambda_g,s)
     aux    := R(lambda) | CL | CL(lambda_c)
 
 Decisions: ``l2-SM`` always names its alpha (the paper always does, and one spelling per model
-keeps results tables unambiguous); ``SF(m)``, ``CosFace(s,m)``, ``ArcFace(s,m)`` and
-``CL(lambda_c)`` are optional spellings for non-default settings, and bare names mean the
-defaults of :mod:`lowres.losses.heads` (SF m=4; CosFace s=64, m=0.35; ArcFace s=64, m=0.5;
-CL lambda_c=0.003, alpha=0.5). Each aux appears at most once and keeps the order written.
-Numbers print in plain positional decimal with trailing zeros trimmed (``30.0`` -> ``30``,
-``1e-4`` -> ``0.0001``), so every name the paper uses prints back exactly and
-``parse_method(str(spec)) == spec`` for every spec.
+keeps results tables unambiguous); ``SF(m)``, ``CosFace(s,m)``, ``ArcFace(s,m)``,
+``AdaFace(m,h[,s])``, ``MagFace(l_a,u_a,l_m,u_m,lambda_g[,s])`` and ``CL(lambda_c)`` are
+optional spellings for non-default settings, and bare names mean the defaults of
+:mod:`lowres.losses.heads` (SF m=4; CosFace s=64, m=0.35; ArcFace s=64, m=0.5; AdaFace m=0.4,
+h=0.333, s=64; MagFace l_a=10, u_a=110, l_m=0.45, u_m=0.8, lambda_g=35, s=64; CL
+lambda_c=0.003, alpha=0.5). AdaFace and MagFace keep their papers' argument order (m first;
+the magnitude range first), not CosFace's ``(s,m)``, and print back as written. Each aux
+appears at most once and keeps the order written. Numbers print in plain positional decimal
+with trailing zeros trimmed (``30.0`` -> ``30``, ``1e-4`` -> ``0.0001``), so every name the
+paper uses prints back exactly and ``parse_method(str(spec)) == spec`` for every spec.
 """
 
 from __future__ import annotations
@@ -85,9 +90,10 @@ class MethodSpec:
     """A training method: head, its arguments, and auxiliary losses.
 
     Attributes:
-        head: ``"SM" | "l2-SM" | "SF" | "CosFace" | "ArcFace"``.
+        head: ``"SM" | "l2-SM" | "SF" | "CosFace" | "ArcFace" | "AdaFace" | "MagFace"``.
         head_args: ``()`` for defaults, ``(alpha,)`` for l2-SM, ``(m,)`` (int) for SF,
-            ``(s, m)`` for CosFace / ArcFace.
+            ``(s, m)`` for CosFace / ArcFace, ``(m, h[, s])`` for AdaFace,
+            ``(l_a, u_a, l_m, u_m, lambda_g[, s])`` for MagFace.
         aux: tuple of ``(name, value)``: ``("R", lambda)`` or ``("CL", lambda_c | None)``.
 
     ``str(spec)`` is the paper's notation, e.g. ``"SF+R(0.01)"``. Constructing one directly
@@ -235,8 +241,8 @@ def parse_method(text: str) -> MethodSpec:
 
 
 def known_methods() -> list[str]:
-    """The method names the paper uses, plus ``CosFace`` and ``ArcFace``."""
-    return [*_PAPER_METHODS, "CosFace", "ArcFace"]
+    """The method names the paper uses, plus the other heads at their defaults."""
+    return [*_PAPER_METHODS, "CosFace", "ArcFace", "AdaFace", "MagFace"]
 
 
 def build_loss(

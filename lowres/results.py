@@ -46,7 +46,14 @@ Row kinds, by metric (direction for ``lowres check`` in brackets: + higher is be
 * ``ring_margin`` (per +R model, scale and FAR): TAR(model) - TAR(reference) with a paired
   bootstrap interval over test identities (and seeds);
 * ``tar_mean`` [+] (per model, scale and FAR, sweeps with several seeds only; seed empty): the seed
-  mean of ``tar`` with a bootstrap interval over test identities and seeds.
+  mean of ``tar`` with a bootstrap interval over test identities and seeds;
+* the feature norm as a quality score (:mod:`lowres.sweep.quality`; folds and seeds pooled, seed
+  empty with several): ``edc_pauc20`` [-] (per model and degraded scale, ``far`` = the clean
+  threshold's FAR): the mean FNMR over 0-20% discard of the lowest-norm probes of this width
+  pooled with the clean probes, with a bootstrap interval over identities;
+  ``edc_pauc20_oracle``: the same discarding by true width; ``norm_auc``: P(a clean probe's
+  norm > a probe's of this width); per model ``norm_width_spearman``: Spearman's rho of
+  relative norm and probe width over every probe (scale empty).
 
 Everything a reader needs to reproduce a number sits in ``provenance.json`` beside the table.
 Writes go to a temporary file in the same folder and are moved into place with ``os.replace``,
@@ -113,7 +120,7 @@ KEY_COLUMNS: tuple[str, ...] = (
 HIGHER_IS_BETTER = frozenset(
     {"tar", "tar_mean", "auc", "dprime", "accuracy", "genuine_cos_mean", "resolution_auc"}
 )
-LOWER_IS_BETTER = frozenset({"eer", "critical_size_px"})
+LOWER_IS_BETTER = frozenset({"eer", "critical_size_px", "edc_pauc20"})
 METRICS = (
     "tar",
     "auc",
@@ -134,6 +141,10 @@ METRICS = (
     "ring_margin",
     "tar_mean",
     "no_face_share",
+    "edc_pauc20",
+    "edc_pauc20_oracle",
+    "norm_auc",
+    "norm_width_spearman",
 )
 
 _INT_COLUMNS = ("size_px", "fold", "seed", "n_genuine", "n_impostor")

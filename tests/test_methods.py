@@ -41,6 +41,12 @@ EXTRA = [
     "SF(2)+R(0.01)",
     "SM+CL(0.008)",
     "SM+CL+R(0.01)",
+    "AdaFace",
+    "AdaFace(0.4,0.333)",
+    "AdaFace+R(0.01)",
+    "MagFace",
+    "MagFace(10,110,0.45,0.8,35)",
+    "MagFace+CL",
 ]
 
 
@@ -53,7 +59,8 @@ def test_round_trip_exact(name):
 
 def test_known_methods_cover_paper_and_parse():
     names = known_methods()
-    assert names[: len(PAPER)] == PAPER and {"CosFace", "ArcFace"} <= set(names)
+    assert names[: len(PAPER)] == PAPER
+    assert {"CosFace", "ArcFace", "AdaFace", "MagFace"} <= set(names)
     for name in names:
         assert str(parse_method(name)) == name
 

@@ -112,6 +112,69 @@ def test_reference_table_shape(reference):
     assert {"train", "embed", "score", "total"} <= set(prov["timings_s"])
 
 
+def test_quality_rows_match_a_naive_recomputation(reference, tmp_path):
+    """The norm-quality rows of a real sweep, recomputed from its own norms.csv and cells by
+    a naive loop: discard the lowest-norm probes, count the rejected genuine pairs."""
+    from lowres.cells import load_cell_arrays
+    from lowres.metrics import tar_at_far
+
+    config, _, _ = reference
+    table = read_table(config.out / "results.csv")
+    norms = pd.read_csv(config.out / "norms.csv")
+    cells_dir = config.out / "cells"
+    q = table[table["metric"].isin(["edc_pauc20", "edc_pauc20_oracle", "norm_auc"])]
+    assert set(q["model"]) == {"SM", "SM+R(0.01)", "pixels"}
+    assert sorted(q["size_px"].dropna().unique()) == [6, 12]  # degraded widths only
+    rho = table[table["metric"] == "norm_width_spearman"]
+    assert len(rho) == 3 and rho["scale"].isna().all()
+    edc_curves = pd.read_csv(config.out / "quality.csv")
+    assert set(edc_curves["quality"]) == {"norm", "oracle"}
+    from lowres.sweep.summary import format_summary
+
+    text = format_summary(table)
+    assert "EDC20@6px" in text and "norm_rho" in text and "oracle" in text
+    import shutil
+
+    from lowres.plots import plot_run
+
+    copy = shutil.copytree(config.out, tmp_path / "copy")
+    assert copy / "figures" / "quality_edc.png" in plot_run(copy)
+    cells = {}
+    for meta in cells_dir.glob("*.json"):
+        cell = json.loads(meta.read_text())
+        if "npz" in cell and "key" in cell:
+            k = cell["key"]
+            cells[k["model"], float(k["scale"])] = load_cell_arrays(cells_dir, cell)
+    for model in ("SM", "SM+R(0.01)"):
+        clean = cells[model, 1.0]
+        t = tar_at_far(clean["scores"], clean["issame"], 1e-2).threshold
+        n = clean["labels"].size
+        _, probe = np.triu_indices(n, k=1)
+        rel = norms[(norms["model"] == model)]
+        clean_rel = rel[rel["scale"] == 1.0].sort_values("image")["norm_rel"].to_numpy()
+        deg = cells[model, 0.25]
+        deg_rel = rel[rel["scale"] == 0.25].sort_values("image")["norm_rel"].to_numpy()
+        # every probe of both widths: (quality, genuine pairs, rejected pairs)
+        probes = []
+        for arrays, quality in ((clean, clean_rel), (deg, deg_rel)):
+            for j in range(n):
+                mine = (probe == j) & arrays["issame"]
+                probes.append((quality[j], mine.sum(), (mine & (arrays["scores"] < t)).sum()))
+        probes.sort(key=lambda p: p[0])
+        fnmr = []
+        for f in np.round(np.arange(21) / 100, 2):
+            kept = probes[int(np.floor(f * len(probes) + 1e-9)) :]
+            fnmr.append(sum(p[2] for p in kept) / sum(p[1] for p in kept))
+        fnmr = np.array(fnmr)
+        pauc = float(np.sum((fnmr[1:] + fnmr[:-1]) / 2 * 0.01) / 0.2)
+        row = q[(q["model"] == model) & (q["size_px"] == 6) & (q["metric"] == "edc_pauc20")]
+        assert row["value"].iloc[0] == pytest.approx(pauc, abs=1e-6)
+        assert row["ci_low"].iloc[0] <= row["value"].iloc[0] <= row["ci_high"].iloc[0]
+        auc = q[(q["model"] == model) & (q["size_px"] == 6) & (q["metric"] == "norm_auc")]
+        naive = np.mean([(c > d) + 0.5 * (c == d) for c in clean_rel for d in deg_rel])
+        assert auc["value"].iloc[0] == pytest.approx(naive, abs=1e-4)  # norms.csv is rounded
+
+
 def test_same_seed_gives_identical_bytes(reference, tmp_path):
     config, _, _ = reference
     # A fresh model cache: the models are trained again, so training is covered too.

@@ -70,6 +70,7 @@ def test_config_hash_is_stable_and_ignores_execution_fields():
     a = tiny(epochs=3)
     assert a.hash() == tiny(epochs=3).hash()
     assert a.hash() == tiny(epochs=3, device="cuda", num_threads=4, amp=False).hash()
+    assert a.hash() == tiny(epochs=3, loader_workers=2, compile=True).hash()
     assert a.hash() != tiny(epochs=4).hash()
     assert a.hash() != tiny(epochs=3, seed=1).hash()
     assert TrainConfig.from_dict(json.loads(json.dumps(a.to_dict()))).hash() == a.hash()
@@ -619,3 +620,23 @@ def test_autocast_dtype_follows_the_gpu(monkeypatch):
     state["native"] = False
     assert amp_dtype(gpu, True) == torch.float16  # older GPUs: float16 + GradScaler
     assert asked == [False, False]  # emulated bfloat16 does not count
+
+
+def test_compile_runs_the_step_under_torch_compile(tmp_path, monkeypatch):
+    """``compile=True`` hands the step to torch.compile (here a recording stand-in: inductor
+    needs a compiler and a minute on CPU); the stand-in returns the module, so the weights are
+    those of the uncompiled run."""
+    compiled = []
+
+    def fake_compile(module, **kwargs):
+        compiled.append(type(module).__name__)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    plain = train(tiny(epochs=1), tmp_path / "a", progress=False)
+    assert compiled == []
+    again = train(tiny(epochs=1, compile=True), tmp_path / "b", progress=False)
+    assert compiled == ["_Step"]
+    wa = load_file(str(plain / "model.safetensors"))
+    wb = load_file(str(again / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

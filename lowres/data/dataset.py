@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from lowres.data.protocols import PairList
+from lowres.data.stream import DiskImages
 from lowres.errors import DataError
 
 __all__ = ["FaceDataset"]
@@ -20,7 +21,8 @@ class FaceDataset:
 
     Attributes:
         name: dataset name (manifest ``name`` or builtin name).
-        images: uint8 (N, C, H, W), C in {1, 3}, RGB order.
+        images: uint8 (N, C, H, W), C in {1, 3}, RGB order: a tensor, or for a large set
+            read from files a :class:`~lowres.data.stream.DiskImages` that reads on demand.
         labels: int64 (N,), contiguous 0..K-1.
         identities: K identity names; ``identities[label]`` names a label.
         meta: manifest facts (credit, alignment, source, licence, citation, protocol, ...).
@@ -37,7 +39,9 @@ class FaceDataset:
 
     def __post_init__(self) -> None:
         imgs, labels = self.images, self.labels
-        if not isinstance(imgs, torch.Tensor) or imgs.dtype != torch.uint8 or imgs.dim() != 4:
+        if isinstance(imgs, DiskImages):
+            pass  # built by lowres.data.stream: uint8 (N, C, H, W) by construction
+        elif not isinstance(imgs, torch.Tensor) or imgs.dtype != torch.uint8 or imgs.dim() != 4:
             raise DataError(
                 f"dataset {self.name!r}: images must be a uint8 (N, C, H, W) tensor, got "
                 f"{getattr(imgs, 'dtype', type(imgs).__name__)} {tuple(getattr(imgs, 'shape', ()))}"
@@ -82,6 +86,12 @@ class FaceDataset:
                 ("pair_fold", self.pairs.fold),
             ]
         for name, tensor in parts:
+            if isinstance(tensor, DiskImages):
+                # Read in chunks: the same digest as the in-memory tensor of these pixels.
+                digest.update(f"{name}:|u1:{tuple(tensor.shape)}\0".encode())
+                for chunk in tensor.chunks():
+                    digest.update(chunk.numpy().data)
+                continue
             arr = np.ascontiguousarray(tensor.detach().cpu().numpy())
             digest.update(f"{name}:{arr.dtype.str}:{arr.shape}\0".encode())
             digest.update(arr.data)

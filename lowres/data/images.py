@@ -13,13 +13,20 @@ import hashlib
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lowres.data.dataset import FaceDataset
+from lowres.data.stream import (
+    DiskImages,
+    chunked,
+    open_images_file,
+    should_stream,
+    write_images_file,
+)
 from lowres.errors import DataError
 from lowres.files import atomic_write_with
 
@@ -27,6 +34,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "FaceDataset",
     "cache_dir_default",
+    "cached_image_stream",
     "cached_images",
     "decode_image",
     "load_identity_folders",
@@ -227,6 +235,45 @@ def cached_images(
     return images
 
 
+class RestartInRGB(Exception):
+    """A colour image met after grey ones while decoding with ``channels=None``: decode again
+    in RGB."""
+
+
+def cached_image_stream(
+    key: str,
+    tag: str,
+    count: int,
+    chunks: Callable[[int | None], Iterator[torch.Tensor]],
+    channels: int | None,
+    cache_dir: str | Path | None = None,
+) -> DiskImages:
+    """The streamed twin of :func:`cached_images`, for sets too large to hold in memory.
+
+    Args:
+        key: sha256 (hex) of the source files' bytes.
+        tag: dataset tag (with the decode options).
+        count: the number of images.
+        chunks: ``chunks(channels)`` yields uint8 ``(n, C, H, W)`` chunks of every image in
+            order; it raises :class:`RestartInRGB` when ``channels=None`` meets colour after grey.
+        channels: 1, 3 or None (grey if every image is, else RGB).
+        cache_dir: as for :func:`cached_images` (``False`` is not allowed: the file is the set).
+
+    Returns:
+        DiskImages over ``<cache>/decoded/<tag>-<key>.u8``, decoded a chunk at a time on a miss.
+    """
+    folder = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    safe_tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in tag)[:40]
+    path = folder / "decoded" / f"{safe_tag}-{key[:24]}.u8"
+    found = open_images_file(path, count)
+    if found is not None:
+        return found
+    try:
+        return write_images_file(path, count, chunks(channels))
+    except RestartInRGB:
+        return write_images_file(path, count, chunks(3))
+
+
 def _pixels_sha256(images: torch.Tensor) -> str:
     """sha256 of a uint8 tensor's bytes and shape: a cache file whose pixels were altered (same
     shape, other values) is rebuilt, never used."""
@@ -249,6 +296,37 @@ def _stack(images: list[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
                 "all images of a dataset must share one size (crop/align them first)"
             )
     return torch.stack(images)
+
+
+def _peek_bytes(path: Path, channels: int | None) -> int:
+    """Decoded bytes of one image, from its header (nothing is decoded); 0 if unreadable (the
+    decoder then reports the file)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width, height = im.size
+            c = channels or (1 if im.mode in ("1", "L", "I", "I;16", "F") else 3)
+    except Exception:  # decode_image raises the one-line error for this file
+        return 0
+    return width * height * c
+
+
+def _folder_chunks(files: Sequence[Path], channels: int | None) -> Iterator[torch.Tensor]:
+    """Decoded images of ``files`` in chunks, one size, as :func:`cached_image_stream` wants."""
+    first = decode_image(files[0], channels)
+
+    def one(i: int) -> torch.Tensor:
+        img = first if i == 0 else decode_image(files[i], channels)
+        if img.shape[0] != first.shape[0]:
+            if first.shape[0] == 1:
+                raise RestartInRGB
+            img = img.expand(3, -1, -1)
+        if img.shape[1:] != first.shape[1:]:
+            _stack([first, img], [files[0], files[i]])  # raises the one-line size error
+        return img
+
+    yield from chunked(len(files), one)
 
 
 def load_identity_folders(
@@ -300,14 +378,20 @@ def load_identity_folders(
         return _stack(imgs, files)
 
     name = name or root.name
-    images = cached_images(
-        files,
-        decode_all,
-        tag=f"{name}-c{channels or 0}",
-        base=root,
-        cache_dir=cache_dir,
-        count=len(files),
-    )
+    tag = f"{name}-c{channels or 0}"
+    if cache_dir is not False and should_stream(len(files), _peek_bytes(files[0], channels)):
+        images = cached_image_stream(
+            content_key(files, root, tag),
+            tag,
+            len(files),
+            lambda c: _folder_chunks(files, c),
+            channels,
+            cache_dir,
+        )
+    else:
+        images = cached_images(
+            files, decode_all, tag=tag, base=root, cache_dir=cache_dir, count=len(files)
+        )
     info = {"root": str(root), "files": [str(f.relative_to(root)) for f in files]}
     info.update(meta or {})
     return FaceDataset(

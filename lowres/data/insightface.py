@@ -38,7 +38,7 @@ import mmap
 import os
 import pickle
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +46,9 @@ import numpy as np
 import torch
 
 from lowres.data.dataset import FaceDataset
-from lowres.data.images import cached_images
+from lowres.data.images import RestartInRGB, cached_image_stream, cached_images
 from lowres.data.protocols import PairList
+from lowres.data.stream import chunked, should_stream
 from lowres.errors import DataError
 
 __all__ = [
@@ -174,6 +175,31 @@ def _decode_all(blobs: Sequence[bytes], channels: int | None, where: str) -> tor
             )
         out[i] = img
     return out
+
+
+def _rec_chunks(
+    rec: Path, idx: Path, keys: Sequence[int], channels: int | None
+) -> Iterator[torch.Tensor]:
+    """The pack's images decoded in chunks, for :func:`~lowres.data.images.cached_image_stream`."""
+    with RecordReader(rec, idx) as reader:
+        first = decode_bytes(reader.read_record(keys[0])[1], channels, f"{rec.name} image 0")
+
+        def one(i: int) -> torch.Tensor:
+            img = decode_bytes(reader.read_record(keys[i])[1], channels, f"{rec.name} image {i}")
+            if img.shape[0] != first.shape[0]:
+                if first.shape[0] == 1:
+                    raise RestartInRGB
+                img = img.expand(3, -1, -1)
+            if img.shape[1:] != first.shape[1:]:
+                raise DataError(
+                    f"{rec.name} image {i} is {img.shape[1]}x{img.shape[2]} but image 0 is "
+                    f"{first.shape[1]}x{first.shape[2]}; all images must share one size"
+                )
+            return img
+
+        for chunk in chunked(len(keys), one):
+            reader.drop_pages()
+            yield chunk
 
 
 def _digest(*paths: Path) -> str:
@@ -660,7 +686,16 @@ class RecordReader:
             for _flag, start, length in self._frames(pos, record):
                 pos = start + length + (-length % 4)
             record += 1
+            if record % 65536 == 0:
+                self.drop_pages()
+        self.drop_pages()
         return starts
+
+    def drop_pages(self) -> None:
+        """Unmap the pages read so far from this process (they stay in the kernel's page
+        cache): reading a whole pack then holds no more resident memory than reading a part."""
+        if isinstance(self._mm, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            self._mm.madvise(mmap.MADV_DONTNEED)
 
     def _check_index(self, starts: list[int]) -> None:
         if len(starts) != len(self._offsets):
@@ -781,8 +816,11 @@ def load_rec_pack(
         identity-folds (4 folds), like any identity-folder dataset.
 
     Note:
-        Every image is decoded into memory: CASIA-WebFace (494k 112x112 RGB) needs ~19 GB,
-        MS1M (5.8M) ~220 GB.
+        A pack whose decoded pixels reach :data:`lowres.data.stream.STREAM_MIN_BYTES` (2 GiB)
+        is decoded a chunk at a time into the cache and read back per batch (a
+        :class:`~lowres.data.stream.DiskImages`): the process holds the labels, not the images
+        (CASIA-WebFace, 494k 112x112 RGB, is 19 GB decoded; MS1M, 5.8M, 220 GB). Smaller packs
+        are decoded into memory.
     """
     rec, idx = rec_pack_paths(path)
     if channels not in (None, 1, 3):
@@ -791,18 +829,31 @@ def load_rec_pack(
         keys = _image_keys(reader)
         if not keys:
             raise DataError(f"{rec} holds no image records")
+        first = decode_bytes(reader.read_record(keys[0])[1], channels, f"{rec.name} image 0")
+        stream = cache_dir is not False and should_stream(len(keys), first.numel())
         raw_labels, blobs = [], []
-        for key in keys:
+        for i, key in enumerate(keys):
             head, img = reader.read_record(key)
             raw_labels.append(_record_label(head, f"{rec} record {key}"))
-            blobs.append(img)
+            if not stream:  # a streamed pack is read again, a chunk at a time, to decode
+                blobs.append(img)
+            elif i % 4096 == 4095:
+                reader.drop_pages()
     name = name or rec.parent.name
-    images = _cached(
-        _digest(rec, idx),
-        f"{name}-rec-c{channels or 0}",
-        lambda: _decode_all(blobs, channels, f"{rec.name}"),
-        cache_dir,
-    )
+    tag = f"{name}-rec-c{channels or 0}"
+    if stream:
+        images = cached_image_stream(
+            _digest(rec, idx),
+            tag,
+            len(keys),
+            lambda c: _rec_chunks(rec, idx, keys, c),
+            channels,
+            cache_dir,
+        )
+    else:
+        images = _cached(
+            _digest(rec, idx), tag, lambda: _decode_all(blobs, channels, f"{rec.name}"), cache_dir
+        )
     kept, labels = torch.unique(torch.tensor(raw_labels, dtype=torch.int64), return_inverse=True)
     info = {
         "kind": "recordio",
@@ -843,10 +894,32 @@ def write_rec_pack(
         The ``train.rec`` path.
     """
     _check_images(images, "write_rec_pack")
-    labels = [int(v) for v in torch.as_tensor(labels).tolist()]
     n = images.shape[0]
-    if len(labels) != n or n == 0 or min(labels) < 0:
+    if len(torch.as_tensor(labels).reshape(-1)) != n or n == 0:
         raise DataError(f"write_rec_pack: need one label >= 0 per image, got {len(labels)} for {n}")
+    blobs = (encode_image(img, fmt, quality) for img in images)
+    return write_encoded_pack(folder, blobs, labels, tuple(images.shape[2:]))
+
+
+def write_encoded_pack(
+    folder: str | Path,
+    blobs: Iterable[bytes],
+    labels: Sequence[int] | torch.Tensor,
+    size: tuple[int, int],
+) -> Path:
+    """:func:`write_rec_pack` from encoded images (PNG/JPEG bytes, one per label), consumed one
+    at a time: a pack of any size is written without holding its images.
+
+    Args:
+        folder: output folder.
+        blobs: the encoded images, in label order.
+        labels: one integer label >= 0 per image, each identity's images contiguous.
+        size: (H, W) of the images (for ``property``).
+    """
+    labels = [int(v) for v in torch.as_tensor(labels).tolist()]
+    n = len(labels)
+    if n == 0 or min(labels) < 0:
+        raise DataError(f"write_rec_pack: need one label >= 0 per image, got {labels[:3]}...")
     runs: dict[int, list[int]] = {}
     for i, lab in enumerate(labels):
         if lab in runs and runs[lab][1] != i + 1:
@@ -858,18 +931,28 @@ def write_rec_pack(
     folder = Path(folder)
     rec = folder / "train.rec"
     ids = sorted(runs)
+    try:
+        _write_records(rec, blobs, labels, runs, ids)
+    except BaseException:
+        for p in (rec, rec.with_suffix(".idx")):  # nothing half-written stays
+            p.unlink(missing_ok=True)
+        raise
+    h, wd = size
+    (folder / "property").write_text(f"{len(ids)},{h},{wd}\n", encoding="ascii")
+    return rec
+
+
+def _write_records(rec: Path, blobs, labels: list[int], runs: dict, ids: list[int]) -> None:
+    n, written = len(labels), 0
     with RecordWriter(rec) as w:
         w.write(0, pack_record(IRHeader(2, (float(n + 1), float(n + 1 + len(ids))), 0, 0)))
-        for i, img in enumerate(images):
-            w.write(
-                i + 1,
-                pack_record(
-                    IRHeader(0, float(labels[i]), i + 1, 0), encode_image(img, fmt, quality)
-                ),
-            )
+        for i, blob in enumerate(blobs):
+            if i >= n:
+                raise DataError(f"write_rec_pack: more images than the {n} labels")
+            w.write(i + 1, pack_record(IRHeader(0, float(labels[i]), i + 1, 0), blob))
+            written += 1
+        if written != n:
+            raise DataError(f"write_rec_pack: need one label per image, got {n} for {written}")
         for j, lab in enumerate(ids):
             start, end = runs[lab]
             w.write(n + 1 + j, pack_record(IRHeader(2, (float(start), float(end)), n + 1 + j, 0)))
-    h, wd = images.shape[2:]
-    (folder / "property").write_text(f"{len(ids)},{h},{wd}\n", encoding="ascii")
-    return rec

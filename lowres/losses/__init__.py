@@ -1,5 +1,5 @@
-"""Losses: a head (SM, l2-SM, SF, CosFace, ArcFace) plus optional embedding regularisers
-(Ring loss, Center loss), which any head can take.
+"""Losses: a head (SM, l2-SM, SF, CosFace, ArcFace, AdaFace, MagFace) plus optional embedding
+regularisers (Ring loss, Center loss), which any head can take.
 
 :class:`MethodLoss` bundles them for the trainer: it owns every learnable loss parameter, says
 how to optimise them (:meth:`MethodLoss.param_groups`), and needs :meth:`MethodLoss.after_step`
@@ -23,11 +23,13 @@ from lowres.errors import ConfigError
 from lowres.losses import functional
 from lowres.losses.auxiliary import CenterLoss, Regulariser, RingLoss
 from lowres.losses.heads import (
+    AdaFaceHead,
     ArcFaceHead,
     CosFaceHead,
     Head,
     HeadOutput,
     L2SoftmaxHead,
+    MagFaceHead,
     SoftmaxHead,
     SphereFaceHead,
 )
@@ -35,6 +37,7 @@ from lowres.losses.heads import (
 __all__ = [
     "HEADS",
     "REGULARISERS",
+    "AdaFaceHead",
     "ArcFaceHead",
     "CenterLoss",
     "CosFaceHead",
@@ -42,6 +45,7 @@ __all__ = [
     "HeadOutput",
     "L2SoftmaxHead",
     "LossOutput",
+    "MagFaceHead",
     "MethodLoss",
     "Regulariser",
     "RingLoss",
@@ -53,7 +57,15 @@ __all__ = [
 
 HEADS: dict[str, type[Head]] = {
     head.NAME: head
-    for head in (SoftmaxHead, SphereFaceHead, L2SoftmaxHead, CosFaceHead, ArcFaceHead)
+    for head in (
+        SoftmaxHead,
+        SphereFaceHead,
+        L2SoftmaxHead,
+        CosFaceHead,
+        ArcFaceHead,
+        AdaFaceHead,
+        MagFaceHead,
+    )
 }
 """Every head by its name in the paper's notation (in the order the help line lists them)."""
 
@@ -191,7 +203,8 @@ class MethodLoss(nn.Module):
             reg.discard_step()
 
     def stats(self) -> dict[str, float]:
-        """Loggable scalars: ``R`` with Ring loss, ``lambda_sf`` with SF, ``alpha`` if learned."""
+        """Loggable scalars: ``R`` with Ring loss, ``lambda_sf`` with SF, ``alpha`` if learned,
+        AdaFace's running norm statistics."""
         out = dict(self.head.stats())
         for reg in self.regularisers():
             out.update(reg.stats())

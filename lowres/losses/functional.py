@@ -19,6 +19,13 @@ from lowres.errors import ConfigError
 
 __all__ = [
     "ACOS_CLAMP",
+    "ADAFACE_EPS",
+    "ADAFACE_NORM_RANGE",
+    "adaface_batch_stats",
+    "adaface_ema",
+    "adaface_logits",
+    "adaface_margin_scaler",
+    "adaface_norms",
     "apply_center_update",
     "arcface_logits",
     "center_loss",
@@ -27,6 +34,11 @@ __all__ = [
     "cosface_logits",
     "feature_norms",
     "l2_softmax_logits",
+    "magface_logits",
+    "magface_magnitudes",
+    "magface_margin",
+    "magface_min_lambda_g",
+    "magface_regulariser",
     "normalised_linear",
     "ring_loss",
     "sphereface_lambda",
@@ -39,6 +51,13 @@ __all__ = [
 ACOS_CLAMP = 1e-7
 
 _NORM_EPS = 1e-12
+
+#: AdaFace's ``eps`` in its official ``head.py``: cosines are clamped to +-(1 - eps), the target
+#: angle is clipped to [eps, pi - eps], and eps is added to the running std it divides by.
+ADAFACE_EPS = 1e-3
+
+#: AdaFace clips feature norms to this range before reading them ("for stability").
+ADAFACE_NORM_RANGE = (0.001, 100.0)
 
 
 def _check_features(features: Tensor, name: str = "features") -> None:
@@ -387,3 +406,238 @@ def arcface_logits(
         phi = torch.where(cos_y > th, phi, cos_y - mm)
     onehot = F.one_hot(labels.long(), weight.shape[0]).to(cos.dtype)
     return s * (cos + onehot * (phi - cos_y))
+
+
+def _target_logits(cos: Tensor, labels: Tensor, target: Tensor) -> Tensor:
+    # (B, C) cosines with each row's label column replaced by target (B, 1); exact, no rounding
+    # through cos + onehot * (target - cos_y).
+    onehot = F.one_hot(labels.long(), cos.shape[1]).bool()
+    return torch.where(onehot, target, cos)
+
+
+def adaface_norms(features: Tensor) -> Tensor:
+    """The feature norms AdaFace's margin reads: ``||x||`` detached, clipped to
+    :data:`ADAFACE_NORM_RANGE` (the official head detaches them: no gradient reaches a
+    feature's length through its margin).
+
+    Args:
+        features: (B, D) embeddings.
+
+    Returns:
+        (B,) norms without gradient.
+    """
+    return feature_norms(features).detach().clamp(*ADAFACE_NORM_RANGE)
+
+
+def adaface_batch_stats(
+    norms: Tensor, *, reduce: Callable[[Tensor], Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased standard deviation of a batch of norms (``torch.std``'s default, as in
+    AdaFace's official head), in two exact passes.
+
+    Args:
+        norms: (B,) norms (:func:`adaface_norms`).
+        reduce: optional sum over processes (e.g. an all-reduce under DDP) applied to each
+            pass's sums, so every rank gets the statistics of the global batch.
+
+    Returns:
+        ``(mean, std)``, 0-d tensors without gradient; std is NaN for a batch of one (n - 1 = 0).
+    """
+    with torch.no_grad():
+        first = torch.stack([norms.sum(), norms.new_tensor(float(norms.numel()))])
+        if reduce is not None:
+            first = reduce(first)
+        count = first[1]
+        mean = first[0] / count
+        squares = (norms - mean).pow(2).sum()
+        if reduce is not None:
+            squares = reduce(squares)
+        return mean, (squares / (count - 1.0)).sqrt()
+
+
+def adaface_ema(running: Tensor, batch: Tensor, t_alpha: float) -> Tensor:
+    """AdaFace's running statistic: ``batch * t_alpha + (1 - t_alpha) * running``.
+
+    Where ``batch`` is not finite (a batch of one has no unbiased std) the running value is
+    kept; the official head would store the NaN and poison every later margin.
+
+    Args:
+        running: the stored statistic.
+        batch: this batch's statistic (:func:`adaface_batch_stats`).
+        t_alpha: momentum in (0, 1] (AdaFace: 0.01).
+
+    Returns:
+        The new running value (a new tensor, dtype of ``running``).
+    """
+    batch = batch.to(running.dtype)
+    new = batch * t_alpha + (1 - t_alpha) * running
+    return torch.where(torch.isfinite(batch), new, running)
+
+
+def adaface_margin_scaler(norms: Tensor, mean: Tensor, std: Tensor, h: float) -> Tensor:
+    """AdaFace's image-quality proxy ``clip((||x|| - mean) / (std + eps) * h, -1, 1)``.
+
+    With h = 0.333 about 68% of a batch lies in [-0.333, 0.333]; norms more than 3 std from
+    the mean saturate at +-1.
+
+    Args:
+        norms: (B,) clipped, detached norms (:func:`adaface_norms`).
+        mean: running mean of the norms.
+        std: running std of the norms.
+        h: concentration, > 0.
+
+    Returns:
+        (B,) scaler in [-1, 1].
+    """
+    return ((norms - mean) / (std + ADAFACE_EPS) * h).clamp(-1.0, 1.0)
+
+
+def adaface_logits(
+    features: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    s: float,
+    m: float,
+    h: float,
+    mean: Tensor,
+    std: Tensor,
+) -> Tensor:
+    """AdaFace logits (Kim et al., CVPR 2022), transcribed from the official ``head.py``.
+
+    Cosines are clamped to ``+-(1 - eps)`` (:data:`ADAFACE_EPS`) for every class. With the
+    scaler ``z = `` :func:`adaface_margin_scaler` of the row's norm, the target logit is
+    ``s (cos(clip(theta_y - m z, eps, pi - eps)) - (m + m z))``: an angular margin
+    ``g_angle = -m z`` and an additive one ``g_add = m + m z``. A row of low norm (z = -1, low
+    image quality) gets ArcFace's margin ``cos(theta + m)``, an average one (z = 0) CosFace's
+    ``cos theta - m``, a high-norm one (z = 1) ``cos(theta - m) - 2m``. Other logits are
+    ``s cos theta_j``;
+    the official code also sends them through ``cos(clip(acos(c), eps, pi - eps))``, which is
+    ``c`` itself because the clamp keeps acos(c) inside [eps, pi - eps].
+
+    Args:
+        features: (B, D).
+        weight: (C, D) class weights (normalised inside).
+        labels: (B,) class indices.
+        s: scale > 0.
+        m: margin >= 0 (radians and cosine units at once).
+        h: concentration of the scaler, > 0.
+        mean, std: the running norm statistics the scaler reads (already updated with this
+            batch in training, as the official head does).
+
+    Returns:
+        (B, C) logits.
+    """
+    _check_features(features)
+    _check_labels(labels, features.shape[0], weight.shape[0])
+    eps = ADAFACE_EPS
+    cos = normalised_linear(features, weight).clamp(-1.0 + eps, 1.0 - eps)
+    scaler = adaface_margin_scaler(adaface_norms(features), mean, std, h).unsqueeze(1)
+    theta_y = torch.acos(cos.gather(1, labels.long().unsqueeze(1)))
+    g_angle = m * scaler * -1.0
+    g_add = m + m * scaler
+    target = torch.cos((theta_y + g_angle).clamp(eps, math.pi - eps)) - g_add
+    return s * _target_logits(cos, labels, target)
+
+
+def magface_magnitudes(features: Tensor, l_a: float, u_a: float) -> Tensor:
+    """MagFace's magnitude ``a = clip(||x||, l_a, u_a)``, with gradient (zero outside the range,
+    where the clip holds it: both the margin and the regulariser then stop acting on it).
+
+    Args:
+        features: (B, D).
+        l_a, u_a: the magnitude range, 0 < l_a < u_a (MagFace: 10, 110).
+
+    Returns:
+        (B,) magnitudes.
+    """
+    return feature_norms(features).clamp(l_a, u_a)
+
+
+def magface_margin(a: Tensor, l_a: float, u_a: float, l_m: float, u_m: float) -> Tensor:
+    """MagFace's magnitude-aware margin ``m(a) = (u_m - l_m) / (u_a - l_a) (a - l_a) + l_m``.
+
+    Linear from ``l_m`` at ``a = l_a`` to ``u_m`` at ``a = u_a``; ``a`` comes clipped from
+    :func:`magface_magnitudes`, so the margin stays in [l_m, u_m].
+
+    Args:
+        a: (B,) magnitudes.
+        l_a, u_a: the magnitude range.
+        l_m, u_m: the margins at its ends (MagFace: 0.45, 0.8 rad).
+
+    Returns:
+        (B,) margins in radians.
+    """
+    return (u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m
+
+
+def magface_regulariser(a: Tensor, u_a: float) -> Tensor:
+    """MagFace's magnitude regulariser ``g(a) = 1/a + a/u_a^2``, averaged over the batch (as the
+    official ``MagLoss``; the loss adds it times lambda_g). Minimal at ``a = u_a``, so it
+    pushes magnitudes up inside [l_a, u_a].
+
+    Args:
+        a: (B,) magnitudes (:func:`magface_magnitudes`).
+        u_a: upper end of the magnitude range.
+
+    Returns:
+        0-d tensor.
+    """
+    return torch.mean(1.0 / (u_a**2) * a + 1.0 / a)
+
+
+def magface_min_lambda_g(s: float, l_a: float, u_a: float, l_m: float, u_m: float) -> float:
+    """The smallest lambda_g for which MagFace's theory holds (a unique optimal magnitude per
+    class): ``s k u_a^2 l_a^2 / (u_a^2 - l_a^2)`` with ``k = (u_m - l_m) / (u_a - l_a)``.
+
+    The official trainer only prints it (red when lambda_g is below). With the published
+    settings (s 64, a in [10, 110], m in [0.45, 0.8]) it is 22.6, below their lambda_g 35.
+
+    Returns:
+        the bound as a float.
+    """
+    k = (u_m - l_m) / (u_a - l_a)
+    return s * k * u_a**2 * l_a**2 / (u_a**2 - l_a**2)
+
+
+def magface_logits(
+    features: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    s: float,
+    margin: Tensor,
+    *,
+    easy_margin: bool = True,
+) -> Tensor:
+    """MagFace logits (Meng et al., CVPR 2021): target ``s cos(theta_y + m(a_i))``, others
+    ``s cos theta_j``, transcribed from the official ``MagLinear``.
+
+    The margin is per row (:func:`magface_margin`) and keeps its gradient to the magnitude.
+    ``easy_margin`` (the official ``MagLinear``'s default, which its builder never changes)
+    applies the margin only where ``cos theta_y > 0``; without it, past ``theta = pi - m`` the
+    target becomes ``cos theta - m sin(pi - m)`` as in ArcFace. Cosines are clamped to [-1, 1];
+    ``sin theta_y`` is ``sqrt(max(1 - cos^2, ACOS_CLAMP))`` (the official code has no floor and
+    gets an infinite gradient at cos = +-1).
+
+    Args:
+        features: (B, D).
+        weight: (C, D) class weights (normalised inside).
+        labels: (B,) class indices.
+        s: scale > 0.
+        margin: (B,) per-row angular margins in radians.
+        easy_margin: see above.
+
+    Returns:
+        (B, C) logits.
+    """
+    _check_features(features)
+    _check_labels(labels, features.shape[0], weight.shape[0])
+    cos = normalised_linear(features, weight).clamp(-1.0, 1.0)
+    cos_y = cos.gather(1, labels.long().unsqueeze(1))
+    sin_y = torch.sqrt((1.0 - cos_y.pow(2)).clamp_min(ACOS_CLAMP))
+    m = margin.to(cos.dtype).unsqueeze(1)
+    phi = cos_y * torch.cos(m) - sin_y * torch.sin(m)
+    if easy_margin:
+        phi = torch.where(cos_y > 0, phi, cos_y)
+    else:
+        phi = torch.where(cos_y > torch.cos(math.pi - m), phi, cos_y - torch.sin(math.pi - m) * m)
+    return s * _target_logits(cos, labels, phi)

@@ -374,6 +374,51 @@ def figure_training(training: pd.DataFrame, styles: dict[str, dict]):
     return fig
 
 
+def figure_quality_edc(edc: pd.DataFrame, styles: dict[str, dict], caption: str = ""):
+    """The EDC from ``quality.csv``: one panel per degraded probe width, FNMR after discarding
+    the lowest-norm probes (thick, the model's style) and by true width (thin: the oracle)."""
+    sizes = sorted(edc["size_px"].unique(), reverse=True)
+    ncols = min(len(sizes), 3)
+    nrows = math.ceil(len(sizes) / ncols)
+    fig, axes = new_figure(ncols, nrows, panel=(3.8, 3.2))
+    for i, ax in enumerate(axes.flat):
+        if i >= len(sizes):
+            ax.set_visible(False)
+            continue
+        sub = edc[edc["size_px"] == sizes[i]]
+        for (model, kind), g in sub.groupby(["model", "quality"]):
+            st = styles.get(model)
+            if st is None:
+                continue
+            g = g.sort_values("discard")
+            oracle = kind == "oracle"
+            ax.plot(
+                100 * g["discard"],
+                g["fnmr"],
+                color=st["color"],
+                linestyle="--" if oracle else st["linestyle"],
+                linewidth=0.9 if oracle else 1.8,
+                alpha=0.55 if oracle else 1.0,
+                zorder=st["zorder"],
+            )
+        ax.axvline(20, color="black", linewidth=0.6, linestyle=":")
+        ax.set_title(f"clean + {int(sizes[i])} px probes", fontsize=10)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        if i // ncols == nrows - 1 or i + ncols >= len(sizes):
+            ax.set_xlabel("probes discarded, lowest quality first (%)")
+        if i % ncols == 0:
+            ax.set_ylabel("FNMR at the clean FAR-1e-2 threshold")
+    model_legend(fig, axes, {m: st for m, st in styles.items() if m in set(edc["model"])})
+    fig.suptitle(
+        "Error vs discard: the feature norm as a quality score\n"
+        "(thick: discard by the model's norm; thin dashed: by true probe width, the oracle; "
+        "dotted line: 20%, the end of the partial area)\n" + caption,
+        fontsize=10,
+    )
+    return fig
+
+
 def plot_tables(
     table: pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -382,6 +427,7 @@ def plot_tables(
     norms: pd.DataFrame | None = None,
     scores: pd.DataFrame | None = None,
     training: pd.DataFrame | None = None,
+    quality: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Draw every figure the given tables allow into ``out_dir``; returns the written files."""
     import seaborn as sns
@@ -405,6 +451,8 @@ def plot_tables(
             figures.append(("scores", figure_scores(scores, prim, styles)))
         if training is not None and not training.empty:
             figures.append(("training", figure_training(training, styles)))
+        if quality is not None and not quality.empty:
+            figures.append(("quality_edc", figure_quality_edc(quality, styles, cap)))
         for stem, fig in figures:
             if fig is not None:
                 written += save_figure(fig, out_dir, stem)
@@ -419,9 +467,11 @@ FIGURE_STEMS = (
     "norms",
     "scores",
     "training",
+    "quality_edc",
 )
-# 2: seed-mean bands, variant families, margin band caption; 3: scores; 4: training
-_STYLE_VERSION = "4"
+# 2: seed-mean bands, variant families, margin band caption; 3: scores; 4: training;
+# 5: quality_edc
+_STYLE_VERSION = "5"
 _DIGEST_FILE = ".source-digest"
 
 
@@ -446,7 +496,7 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
     table = read_table(table_path)
     out_dir = run_dir / FIGURES_DIR
     digest = hashlib.sha256(_STYLE_VERSION.encode())
-    for name in ("results.csv", "roc.csv", "norms.csv", "scores.csv", TRAINING_FILE):
+    for name in ("results.csv", "roc.csv", "norms.csv", "scores.csv", "quality.csv", TRAINING_FILE):
         path = run_dir / name
         digest.update(path.read_bytes() if path.is_file() else b"-")
     digest_path = out_dir / _DIGEST_FILE
@@ -461,7 +511,10 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
         ("model", "size_px", "bin_low", "bin_high", "n_genuine", "n_impostor"),
     )
     training = read_training(run_dir / TRAINING_FILE)
-    written = plot_tables(table, out_dir, roc=roc, norms=norms, scores=scores, training=training)
+    quality = _read_optional(run_dir / "quality.csv", ("model", "size_px", "quality", "fnmr"))
+    written = plot_tables(
+        table, out_dir, roc=roc, norms=norms, scores=scores, training=training, quality=quality
+    )
 
     atomic_write_text(digest_path, digest.hexdigest())
     return written

@@ -1,6 +1,7 @@
 """Cells -> the sweep's tables: ``results.csv`` (per-cell rows, folds pooled, robustness
-summaries, Ring-loss margins and seed means with their bootstrap intervals), ``roc.csv``,
-``norms.csv`` and ``scores.csv``, all deterministic, then the baseline and the figures."""
+summaries, Ring-loss margins and seed means with their bootstrap intervals, the norm-quality
+rows), ``roc.csv``, ``norms.csv``, ``scores.csv`` and ``quality.csv``, all deterministic, then
+the baseline and the figures."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from lowres.results import (
 )
 from lowres.sweep.config import SweepConfig
 from lowres.sweep.models import ModelEntry, base_of
+from lowres.sweep.quality import quality_outputs
 
 log = logging.getLogger("lowres.sweep")
 
@@ -69,14 +71,17 @@ def assemble_outputs(
     writes.
     """
     t0 = time.perf_counter()
-    table, roc_frame, norms_frame, scores_frame = assemble(
+    table, roc_frame, norms_frame, scores_frame, edc_frame = assemble(
         store, model_info, grid, folds, seeds, fars, context, config, timings
     )
     write_table(table, out / "results.csv")
     atomic_write_csv(out / "roc.csv", roc_frame)
     atomic_write_csv(out / "norms.csv", norms_frame)
     atomic_write_csv(out / "scores.csv", scores_frame)
-    timings["assemble"] = time.perf_counter() - t0 - timings.get("bootstrap", 0.0)
+    atomic_write_csv(out / "quality.csv", edc_frame)
+    timings["assemble"] = (
+        time.perf_counter() - t0 - timings.get("bootstrap", 0.0) - timings.get("quality", 0.0)
+    )
     if config.save_baseline is not None:
         save_baseline(table, config.save_baseline)
     figures: list[Path] = []
@@ -294,9 +299,9 @@ def assemble(
     context: dict[str, str],
     config: SweepConfig,
     timings: dict[str, float],
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Cells -> (results table, ROC points, per-image norms, score histograms), all
-    deterministic."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Cells -> (results table, ROC points, per-image norms, score histograms, EDC curves),
+    all deterministic."""
     rows = _cell_rows(store, model_info, dict(grid), context)
     levels = Levels(store, sorted(model_info), folds, seeds)
     pooled = len(folds) > 1
@@ -313,10 +318,15 @@ def assemble(
     boots = Bootstraps(store, levels, folds, seeds, fars, config)
     extra = _bootstrap_rows(boots, model_info, grid, seeds, level_fold, context)
     timings["bootstrap"] = time.perf_counter() - t0
-    table = sort_table(
-        normalise(pd.concat([table, to_frame(summary), to_frame(extra)], ignore_index=True))
-    )
-    return (table, *_side_frames(levels, model_info, grid, seeds, context))
+    t0 = time.perf_counter()
+    quality, edc_frame = quality_outputs(
+        store, model_info, grid, folds, seeds, context,
+        level_fold=level_fold, n_boot=config.n_boot, boot_seed=config.boot_seed,
+    )  # fmt: skip
+    timings["quality"] = time.perf_counter() - t0
+    parts = [table, to_frame(summary), to_frame(extra), to_frame(quality)]
+    table = sort_table(normalise(pd.concat(parts, ignore_index=True)))
+    return (table, *_side_frames(levels, model_info, grid, seeds, context), edc_frame)
 
 
 class Bootstraps:

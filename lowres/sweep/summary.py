@@ -1,5 +1,5 @@
 """The sweep's summary for the terminal: TAR at one FAR per model and probe width, with the
-resolution AUC and the critical width."""
+resolution AUC, the critical width and the norm's quality signal."""
 
 from __future__ import annotations
 
@@ -29,6 +29,18 @@ def summary_table(table: pd.DataFrame, far: float = 1e-2) -> pd.DataFrame:
     crit = prim[prim["metric"] == "critical_size_px"]
     wide["critical_px"] = crit.groupby("model")["value"].mean()
     wide.attrs["far"] = far
+    edc = prim[prim["metric"] == "edc_pauc20"]
+    if not edc.empty:
+        # The norm as a quality score, at the middle degraded width: EDC partial area with the
+        # norm, and with the true width (the oracle); Spearman of norm and width.
+        sizes = sorted(edc["size_px"].dropna().unique(), reverse=True)
+        size = int(sizes[len(sizes) // 2])
+        oracle = prim[prim["metric"] == "edc_pauc20_oracle"]
+        wide[f"EDC20@{size}px"] = edc[edc["size_px"] == size].groupby("model")["value"].mean()
+        wide["oracle"] = oracle[oracle["size_px"] == size].groupby("model")["value"].mean()
+        rho = prim[prim["metric"] == "norm_width_spearman"]
+        wide["norm_rho"] = rho.groupby("model")["value"].mean()
+        wide.attrs["edc_size"] = size
     return wide
 
 
@@ -42,7 +54,14 @@ def format_summary(table: pd.DataFrame, far: float = 1e-2, critical: dict | None
             f"; critical_px: smallest width from which TAR >= {critical['tar']:g} at FAR "
             f"{critical['far']:g}"
         )
+    quality = ""
+    if "edc_size" in wide.attrs:
+        quality = (
+            f"; EDC20@{wide.attrs['edc_size']}px: mean FNMR over 0-20% of clean + "
+            f"{wide.attrs['edc_size']} px probes discarded by lowest norm (oracle: by true "
+            "width; lower is better); norm_rho: Spearman of norm and width"
+        )
     return (
         f"TAR at FAR {wide.attrs['far']:g} by probe face width; res_AUC: mean TAR over log2 width"
-        f"{crit}\n{text}"
+        f"{crit}{quality}\n{text}"
     )

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from lowres.errors import ConfigError
 
 # Fields that say how a run executes, not what it trains: they are left out of the config hash
 # so a model trained on a GPU or with more threads is found in the sweep's cache.
-_EXECUTION_FIELDS = ("device", "num_threads", "amp")
+_EXECUTION_FIELDS = ("device", "num_threads", "amp", "loader_workers", "compile")
 
 
 _LATE_FIELDS = {
@@ -141,6 +142,13 @@ class TrainConfig:
             give a verification figure after every epoch: ``val_tar`` (TAR at FAR
             :data:`VAL_FAR`) and ``val_auc`` in ``log.csv``, so convergence is seen on faces
             the model has not classified. 0: no validation (the default).
+        loader_workers: processes that read a streamed training set
+            (:class:`~lowres.data.stream.DiskImages`) ahead of the step; None: half the CPU
+            cores, 1 to 4. In-memory sets are indexed in the training process. An execution
+            setting: the weights do not depend on it.
+        compile: run the training step (network, head, loss) under ``torch.compile``; an
+            execution setting (the compiled step computes the same function, to float
+            rounding, like another device).
     """
 
     method: str
@@ -175,6 +183,8 @@ class TrainConfig:
     augment_backend: str = "torch"
     channels_last: bool = True
     auto_steps: int = 2100
+    loader_workers: int | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.lr is None:
@@ -233,6 +243,8 @@ class TrainConfig:
             raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
         if self.num_threads is not None:
             check_int("num_threads", self.num_threads, 1)
+        if self.loader_workers is not None:
+            check_int("loader_workers", self.loader_workers, 0)
 
     def _validate_schedule(self) -> None:
         """Validation identities, the schedule's name and the warm-up fraction."""
@@ -265,7 +277,7 @@ class TrainConfig:
 
     def hash(self) -> str:
         """Stable 16-hex digest of the canonical JSON of everything but the execution fields
-        (device, num_threads, amp), for caching trained models."""
+        (device, num_threads, amp, loader_workers, compile), for caching trained models."""
         values = {k: v for k, v in self.to_dict().items() if k not in _EXECUTION_FIELDS}
         # Fields added after TRAIN_FORMAT 2 enter the hash only when set, so models cached
         # before they existed keep their hash (their weights do not depend on them).
@@ -392,3 +404,11 @@ def mix_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers (counter-based randomness: same inputs, same seed)."""
     text = ":".join(str(int(p)) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def loader_workers(config: TrainConfig, streamed: bool) -> int:
+    """Reader processes for the training set: ``config.loader_workers``, else none for an
+    in-memory set and half the CPU cores (1 to 4) for a streamed one."""
+    if config.loader_workers is not None:
+        return config.loader_workers
+    return min(4, max(1, (os.cpu_count() or 2) // 2)) if streamed else 0

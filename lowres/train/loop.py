@@ -36,6 +36,7 @@ Checkpoints (see :mod:`lowres.checkpoint`) are written at the end of every epoch
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ from lowres.checkpoint import (
     verify_weights,
     write_checkpoint,
 )
+from lowres.data.stream import DiskImages, batch_stream
 from lowres.embed import InputAdapter, adapt, pick_device
 from lowres.errors import ConfigError, TrainingError
 from lowres.files import check_writable
@@ -74,6 +76,7 @@ from lowres.train.config import (
     TrainConfig,
     auto_epochs,
     check_int,
+    loader_workers,
     mix_seed,
     resolve_milestones,
     train_batch,
@@ -445,6 +448,8 @@ def _train(  # noqa: C901
         runner = DistributedDataParallel(
             step_module, device_ids=[device.index] if cuda else None, forward_sync_buffers=False
         )
+    if config.compile:
+        runner = torch.compile(runner)
 
     optimizer = torch.optim.SGD(
         _param_groups(model, loss_fn, config, config.lr * lr_scale),
@@ -466,10 +471,21 @@ def _train(  # noqa: C901
     degrade_spec = degrade_chain(config) if resolution else None
 
     # uint8 at rest: per-image augmentation on the CPU, then moved; batched augmentation
-    # after the move, on the device; without augmentation the whole set moves once.
+    # after the move, on the device; without augmentation an in-memory set moves once. A set
+    # too large for memory (DiskImages) is read batch by batch, ahead of the step, by loader
+    # workers.
     images = train_set.images
-    if not config.augment:
+    streamed = isinstance(images, DiskImages)
+    if not config.augment and not streamed:
         images = images.to(device)
+    workers = loader_workers(config, streamed)
+    # On a CPU with loader workers, the batched augmentation runs in the workers, overlapping
+    # the step (the same seeds, so the same tensors); on a GPU it runs on the device.
+    augment_in_workers = (
+        functools.partial(augment_batch_torch, index_offset=shard_start)
+        if batched and device.type == "cpu" and workers > 0
+        else None
+    )
     labels = train_set.labels.to(device)
 
     epoch, step_in_epoch, iteration = 0, 0, 0
@@ -556,24 +572,31 @@ def _train(  # noqa: C901
         order = torch.randperm(
             n, generator=torch.Generator().manual_seed(mix_seed(config.seed, epoch))
         )
-        while step_in_epoch < steps_per_epoch:
-            if max_steps is not None and iteration >= max_steps:
-                stopped = True
-                break
-            t0 = time.perf_counter()
-            start = step_in_epoch * bs
-            index = order[start + shard_start : start + shard_stop]
-            batch_seed = mix_seed(config.seed, epoch, step_in_epoch)
+        steps = range(step_in_epoch, steps_per_epoch)
+        if max_steps is not None:
+            steps = steps[: max(0, max_steps - iteration)]
+        index_batches = [order[s * bs + shard_start : s * bs + shard_stop] for s in steps]
+        seeds = [mix_seed(config.seed, epoch, s) for s in steps]
+        source = batch_stream(
+            images,
+            index_batches,
+            workers=workers,
+            pin_memory=cuda and images.device != device,
+            transform=augment_in_workers,
+            seeds=seeds,
+        )
+        t0 = time.perf_counter()
+        for index, batch_seed, batch in zip(index_batches, seeds, source, strict=True):
             if pipeline is not None:
-                x8 = augment_batch(
-                    images[index], pipeline, batch_seed, index_offset=shard_start
-                ).to(device, non_blocking=True)
-                x = x8.float().div_(255.0)
+                x8 = augment_batch(batch, pipeline, batch_seed, index_offset=shard_start)
+                x = x8.to(device, non_blocking=True).float().div_(255.0)
+            elif augment_in_workers is not None:
+                x = batch  # augmented by a loader worker, beside the previous step
             elif batched:
-                x8 = images[index].to(device, non_blocking=True)
+                x8 = batch.to(device, non_blocking=True)
                 x = augment_batch_torch(x8, batch_seed, index_offset=shard_start)
             else:
-                x = images[index.to(images.device)].float().div_(255.0)
+                x = batch.to(device, non_blocking=True).float().div_(255.0)
             y = labels[index.to(device)]
             if resolution:
                 gen = torch.Generator().manual_seed(mix_seed(config.seed, epoch, step_in_epoch, 1))
@@ -606,7 +629,8 @@ def _train(  # noqa: C901
 
             if due:
                 pending.flush(epoch_stats, last_good, config.lr)
-            seconds = time.perf_counter() - t0
+            now = time.perf_counter()
+            seconds, t0 = now - t0, now  # the wait for the next batch counts too
             epoch_stats.seconds += seconds
             wall += seconds
             bar.update(
@@ -617,7 +641,8 @@ def _train(  # noqa: C901
                 epoch_stats.count / max(1e-9, epoch_stats.seconds),
             )
         pending.flush(epoch_stats, last_good, config.lr)
-        if stopped:
+        if step_in_epoch < steps_per_epoch:  # max_steps reached inside the epoch
+            stopped = True
             break
         lr_now = optimizer.param_groups[0]["lr"]
         epoch += 1

@@ -1,0 +1,211 @@
+"""Does training wait on its data? The data pipeline, the model step and full training, side by
+side, and the peak memory of a streamed epoch as the training set grows.
+
+Throughput, for ``cpunet-s`` (batch 128, SM head, one torch thread unless ``--threads``):
+
+* synth (cpu preset, in memory: 56x48 grey);
+* a generated InsightFace ``.rec`` pack of 112x112 RGB JPEGs, streamed from the decode cache
+  (``lowres.data.stream``; the input adapter turns it into the net's 56x48 grey).
+
+For each: the data pipeline alone (reading the batch with 0, 1 and 2 loader workers, the
+batched augmentation and the input adapter: img/s), the model step alone (forward, head,
+backward, SGD on a ready batch), full training through ``lowres.train.train`` with 0 and 1
+loader workers (1: reading and the CPU augmentation run in a worker process beside the step),
+and the ratio full / min(data, model): 1.0 means training runs as fast as its slower half
+allows.
+
+Memory (``--memory 20000,200000``): for each size, a fresh process decodes a generated pack into
+an empty cache and trains one epoch streamed from it (``--memory-steps`` caps the steps); the
+peak resident set (VmHWM) of the training process and of its largest loader worker are printed
+with the ratio to the smallest pack. Packs are generated once into ``--work`` and reused.
+
+Machines are shared: check the load average, rerun when the numbers look off.
+
+    python benchmarks/train_pipeline.py [--steps 30] [--rec-images 20000]
+        [--memory 20000,200000] [--memory-steps 0] [--work /tmp/lowres_pipeline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lowres.data.insightface import write_encoded_pack
+from lowres.data.stream import batch_stream
+from lowres.embed import InputAdapter, adapt
+from lowres.methods import build_loss
+from lowres.models import create
+from lowres.train import TrainConfig, augment_batch_torch, load_split, train
+
+BATCH = 128
+PER_IDENTITY = 20
+
+
+def make_pack(folder: Path, count: int, seed: int = 0) -> Path:
+    """``count`` 112x112 RGB JPEGs (smooth random faces-sized blobs, ~3 KB each), 20 per id."""
+    rec = folder / "train.rec"
+    if (folder / "property").is_file():
+        return rec
+    gen = np.random.default_rng(seed)
+
+    def blobs():
+        for _ in range(count):
+            small = gen.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            img = Image.fromarray(small).resize((112, 112), Image.BILINEAR)
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=90)
+            yield buf.getvalue()
+
+    labels = np.arange(count) // PER_IDENTITY
+    return write_encoded_pack(folder, blobs(), labels, (112, 112))
+
+
+def rate(step, images: int, repeats: int) -> float:
+    step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return images * repeats / (time.perf_counter() - start)
+
+
+def data_rate(images, adapter, workers: int, steps: int) -> float:
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    batches = list(order[: BATCH * (steps + 2)].split(BATCH))
+    stream = batch_stream(images, batches, workers=workers)
+    for i, batch in enumerate(stream):
+        if i == 2:  # workers started, first batches read
+            start = time.perf_counter()
+        x = adapt(augment_batch_torch(batch, i), adapter)
+        x.contiguous(memory_format=torch.channels_last)
+    return BATCH * (len(batches) - 3) / (time.perf_counter() - start)
+
+
+def model_rate(model_name: str, adapter_shape: tuple[int, ...], classes: int, steps: int) -> float:
+    model = create(model_name, seed=0).to(memory_format=torch.channels_last)
+    loss_fn = build_loss("SM", model.embed_dim, classes, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, *adapter_shape, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (BATCH,), generator=g)
+    params = [{"params": list(model.parameters())}, *loss_fn.param_groups(0.1, 5e-4)]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).loss.backward()
+        opt.step()
+
+    return rate(step, BATCH, steps)
+
+
+def full_rate(config: TrainConfig, steps: int) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        train(config, out, progress=False, max_steps=2)  # loads the split, warms up
+        start = time.perf_counter()
+        train(config, out, resume=True, progress=False, max_steps=2 + steps)
+        return BATCH * steps / (time.perf_counter() - start)
+
+
+def throughput(name: str, config: TrainConfig, steps: int, workers: list[int]) -> None:
+    train_set, _ = load_split(config)
+    model = create(config.model, seed=0)
+    adapter = InputAdapter.for_model(model)
+    shape = (model.in_channels, *model.input_size)
+    data = {w: data_rate(train_set.images, adapter, w, steps) for w in workers}
+    net = model_rate(config.model, shape, train_set.num_identities, steps)
+    full = {w: full_rate(dataclasses.replace(config, loader_workers=w), steps) for w in (0, 1)}
+    best = max(data.values())
+    cells = "   ".join(f"data, {w} workers {v:6.0f}" for w, v in data.items())
+    fulls = "   ".join(f"full, {w} workers {v:6.0f}" for w, v in full.items())
+    print(f"{name}\n    {cells}   model {net:6.0f} img/s\n    {fulls} img/s   "
+          f"best full / min(data, model) {max(full.values()) / min(best, net):.2f}")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# peak memory of one streamed epoch, in a fresh process per pack size
+# ----------------------------------------------------------------------------------------------
+
+
+def memory_child(rec: str, steps: int, threads: int) -> None:
+    os.environ["LOWRES_STREAM_MIN_BYTES"] = "0"  # stream every size alike
+    config = TrainConfig(method="SM", data=rec, device="cpu", num_threads=threads, epochs=1)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        train(config, out, progress=False, max_steps=steps or None)
+    status = Path("/proc/self/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"hwm_kib": hwm, "worker_kib": children,
+                      "seconds": time.perf_counter() - start}))  # fmt: skip
+
+
+def memory(sizes: list[int], steps: int, threads: int, work: Path) -> None:
+    base = None
+    for count in sizes:
+        t0 = time.perf_counter()
+        rec = make_pack(work / f"pack{count}", count)
+        made = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory(dir=work) as cache:
+            env = dict(os.environ, LOWRES_CACHE=cache)
+            cmd = [sys.executable, __file__, "--memory-child", str(rec), "--memory-steps",
+                   str(steps), "--threads", str(threads)]  # fmt: skip
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        base = base or got["hwm_kib"]
+        print(f"pack {count:7d} images ({rec.stat().st_size / 2**20:6.0f} MiB, made in "
+              f"{made:4.0f} s): decode + epoch {got['seconds']:5.0f} s, peak RSS "
+              f"{got['hwm_kib'] / 1024:6.0f} MiB (x{got['hwm_kib'] / base:.3f}), largest "
+              f"loader worker {got['worker_kib'] / 1024:5.0f} MiB")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--rec-images", type=int, default=20000, help="pack for throughput")
+    parser.add_argument("--memory", default="", help="pack sizes for the memory test, e.g. "
+                        "20000,200000 (empty: skip)")  # fmt: skip
+    parser.add_argument("--memory-steps", type=int, default=0, help="cap (0: a whole epoch)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lowres_pipe")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args.memory_child, args.memory_steps, args.threads)
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"cpunet-s, batch {BATCH}, {args.threads} torch thread(s), {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    if not args.skip_throughput:
+        synth = TrainConfig(method="SM", data="synth", device="cpu", num_threads=args.threads,
+                            epochs=1)  # fmt: skip
+        throughput("synth (in memory)", synth, args.steps, [0])
+        rec = make_pack(args.work / f"pack{args.rec_images}", args.rec_images)
+        os.environ["LOWRES_STREAM_MIN_BYTES"] = "0"
+        with tempfile.TemporaryDirectory(dir=args.work) as cache:
+            os.environ["LOWRES_CACHE"] = cache
+            packed = TrainConfig(method="SM", data=str(rec), device="cpu",
+                                 num_threads=args.threads, epochs=1)  # fmt: skip
+            name = f".rec {args.rec_images // 1000}k 112x112 JPEG (streamed)"
+            throughput(name, packed, args.steps, [0, 1, 2])
+    if args.memory:
+        memory([int(v) for v in args.memory.split(",")], args.memory_steps, args.threads,
+               args.work)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
