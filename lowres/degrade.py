@@ -16,13 +16,17 @@ String form (one grammar, used by the CLI and by ``str(spec)``)::
 
     "bicubic>bicubic"                          the DEFAULT chain
     "area>bilinear"                            INTER_AREA down, bilinear up
+    "matlab+blur1>bicubic"                     MATLAB imresize down, then a PSF blur
     "bicubic+blur1+noise0.02+jpeg30>bicubic"   every extra, in the order they are applied
 
 - down: ``area`` (exact pixel-area integration, equals OpenCV INTER_AREA for every factor),
   ``bilinear`` / ``bicubic`` (antialiased, equal to ``torch.nn.functional.interpolate(...,
   antialias=True)`` and to Pillow's resize), ``gauss`` (kornia's antialias: Gaussian with
   sigma = (factor - 1) / 2 per axis, kernel int(4 sigma) made odd, reflect-101 border, then
-  plain bilinear).
+  plain bilinear), ``matlab`` (MATLAB ``imresize``'s default: antialiased bicubic with the
+  same Keys a = -0.5 kernel widened by the factor, but a SYMMETRIC (mirror) border, where
+  ``bicubic`` renormalises the kernel clipped at the border; the two differ only in output
+  pixels whose kernel reaches an edge).
 - ``blur<sigma>``: Gaussian PSF, sigma in low-resolution pixels, kernel 2*ceil(3 sigma)+1,
   reflect-101 border (OpenCV's default).
 - ``noise<std>``: additive Gaussian noise, std in [0, 1] intensity units.
@@ -37,10 +41,15 @@ String form (one grammar, used by the CLI and by ``str(spec)``)::
   Numbers are printed in Python's shortest round-trip form without a trailing ``.0``, so
   ``parse_degrade(str(spec)) == spec`` for every spec.
 
-DEFAULT is ``bicubic>bicubic``: antialiased bicubic down-sampling is MATLAB ``imresize``'s and
-Pillow's default, the convention of the face super-resolution and low-resolution recognition
-literature, so numbers are comparable with published ones; bicubic up-sampling is what a model
-trained at full resolution is normally fed. No blur, noise or JPEG: extras are explicit.
+DEFAULT is ``bicubic>bicubic``: antialiased bicubic down-sampling (Keys a = -0.5, kernel widened
+by the factor), the convention of the face super-resolution and low-resolution recognition
+literature; bicubic up-sampling is what a model trained at full resolution is normally fed. No
+blur, noise or JPEG: extras are explicit. Which kernel equals which tool: ``bicubic`` = Pillow's
+``resize(BICUBIC)`` = torch ``interpolate(antialias=True)`` (the kernel clipped at the border
+and renormalised); ``matlab`` = MATLAB ``imresize(A, [h w])`` (``contributions``: symmetric
+border, taps mirrored back into the image); ``area`` = OpenCV ``INTER_AREA``. ``bicubic`` and
+``matlab`` agree to float rounding wherever the widened kernel stays inside the image, and
+differ in the border pixels (README gives the measured size of the difference).
 
 Why every resampling is a pair of small matrices (``out = M_h @ x @ M_w.T``): each kernel is
 separable and linear, so its 1-D weights are built once per (kernel, size) and cached, and the
@@ -92,12 +101,14 @@ __all__ = [
     "degrade_reference",
     "gaussian_noise",
     "graded_scales",
+    "matlab_contributions",
+    "matlab_resize",
     "parse_degrade",
     "resample",
     "target_size",
 ]
 
-DOWN_KERNELS = ("area", "bilinear", "bicubic", "gauss")
+DOWN_KERNELS = ("area", "bilinear", "bicubic", "gauss", "matlab")
 UP_KERNELS = ("bicubic", "bilinear", "nearest", "area")
 JPEG_CODECS = ("opencv", "kornia")
 # Bump when any op changes its output, so old provenance hashes stop matching new pixels.
@@ -362,6 +373,91 @@ def _kornia_gauss_ksize(factor: float) -> tuple[float, int]:
     return sigma, ksize if ksize % 2 else ksize + 1
 
 
+def _keys_cubic(x: np.ndarray) -> np.ndarray:
+    """MATLAB's ``cubic``: Keys' cubic convolution kernel with a = -0.5, zero for |x| > 2."""
+    ax = np.abs(x)
+    near = (1.5 * ax - 2.5) * ax * ax + 1.0
+    far = ((-0.5 * ax + 2.5) * ax - 4.0) * ax + 2.0
+    return np.where(ax <= 1, near, np.where(ax <= 2, far, 0.0))
+
+
+def matlab_contributions(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and input indices of MATLAB ``imresize``'s cubic kernel along one axis.
+
+    The steps of ``contributions`` in imresize.m, with ``scale = n_out / n_in`` (MATLAB called
+    with the output size): when shrinking the kernel is widened to ``scale * cubic(scale * x)``
+    over width ``4 / scale``; output pixel x (1-based) is centred at input coordinate
+    ``u = x / scale + 0.5 * (1 - 1 / scale)``; it reads ``P = ceil(width) + 2`` pixels from
+    ``floor(u - width / 2)``; each row of weights is normalised to sum 1 BEFORE the border;
+    out-of-range indices are mirrored (symmetric padding: ``[1..n, n..1]`` repeated); tap
+    columns whose weight is zero in every row are dropped.
+
+    Args:
+        n_in: input length (>= 1).
+        n_out: output length (>= 1).
+
+    Returns:
+        ``(weights, indices)``, float64 and int64 of shape (n_out, taps); indices are 0-based.
+
+    Raises:
+        ConfigError: a length below 1.
+    """
+    if n_in < 1 or n_out < 1:
+        raise ConfigError(f"resampling lengths must be >= 1, got {n_in} -> {n_out}")
+    scale = n_out / n_in
+    width = 4.0 / scale if scale < 1 else 4.0
+    u = np.arange(1, n_out + 1, dtype=np.float64) / scale + 0.5 * (1.0 - 1.0 / scale)
+    left = np.floor(u - width / 2.0)
+    taps = left[:, None] + np.arange(math.ceil(width) + 2, dtype=np.float64)
+    distance = u[:, None] - taps
+    if scale < 1:
+        weights = scale * _keys_cubic(scale * distance)
+    else:
+        weights = _keys_cubic(distance)
+    weights = weights / weights.sum(axis=1, keepdims=True)
+    mirror = np.concatenate([np.arange(n_in), np.arange(n_in)[::-1]])
+    indices = mirror[(taps.astype(np.int64) - 1) % (2 * n_in)]
+    used = np.any(weights != 0, axis=0)
+    return weights[:, used], indices[:, used]
+
+
+def _matlab_matrix(n_in: int, n_out: int) -> np.ndarray:
+    weights, indices = matlab_contributions(n_in, n_out)
+    m = np.zeros((n_out, n_in))
+    # mirrored taps can land on one pixel twice (tiny images): accumulate, never overwrite
+    np.add.at(m, (np.arange(n_out)[:, None], indices), weights)
+    return m
+
+
+def matlab_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Per-image MATLAB ``imresize(image, size)`` (bicubic, antialiased) in float64.
+
+    The gather form of imresize.m's ``resizeAlongDim`` (``out(k) = sum_j w(k, j) *
+    in(idx(k, j))``), one axis at a time, the axis with the smaller scale first as MATLAB
+    orders them. The batched path uses the same weights as matrices; this is its reference.
+
+    Args:
+        image: (H, W) or (H, W, C) array.
+        size: (h, w) output size.
+
+    Returns:
+        (h, w[, C]) float64 array.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    scales = [size[0] / x.shape[0], size[1] / x.shape[1]]
+    for axis in sorted((0, 1), key=lambda a: scales[a]):
+        if size[axis] == x.shape[axis]:
+            continue
+        weights, indices = matlab_contributions(x.shape[axis], size[axis])
+        shape = [1] * x.ndim
+        shape[axis] = size[axis]
+        x = sum(
+            weights[:, j].reshape(shape) * np.take(x, indices[:, j], axis=axis)
+            for j in range(weights.shape[1])
+        )
+    return x
+
+
 @lru_cache(maxsize=256)
 def _matrix64(kind: str, n_in: int, n_out: int, blur_sigma: float = 0.0) -> np.ndarray:
     """(n_out, n_in) float64 weights of a 1-D resampling ``kind``, then an optional PSF blur."""
@@ -374,6 +470,8 @@ def _matrix64(kind: str, n_in: int, n_out: int, blur_sigma: float = 0.0) -> np.n
         m[np.arange(n_out), [min(i * n_in // n_out, n_in - 1) for i in range(n_out)]] = 1.0
     elif kind in ("bilinear", "bicubic"):
         m = _interp_matrix(kind, n_in, n_out, antialias=n_out < n_in)
+    elif kind == "matlab":
+        m = _matlab_matrix(n_in, n_out)
     elif kind == "gauss":
         m = _interp_matrix("bilinear", n_in, n_out, antialias=False)
         if n_out < n_in and n_in > 1:
@@ -410,8 +508,9 @@ def resample(
     Args:
         images: (B, C, H, W) float.
         size: (h, w) output size.
-        kind: ``area`` | ``bilinear`` | ``bicubic`` | ``gauss`` | ``nearest``; bilinear and
-            bicubic are antialiased when shrinking (torch ``antialias=True``).
+        kind: ``area`` | ``bilinear`` | ``bicubic`` | ``gauss`` | ``matlab`` | ``nearest``;
+            bilinear and bicubic are antialiased when shrinking (torch ``antialias=True``),
+            ``matlab`` is MATLAB ``imresize``'s antialiased cubic with its symmetric border.
         blur_sigma: Gaussian blur applied at the output size, in output pixels.
 
     Returns:
@@ -585,7 +684,8 @@ def degrade_reference(
 
     Down: area -> cv2 INTER_AREA; bilinear/bicubic -> Pillow's antialiased resize (float mode,
     per channel: OpenCV has no antialiased bilinear/bicubic, Pillow's filter is torch's);
-    gauss -> cv2.GaussianBlur (kornia's sigma rule, reflect-101) + cv2 INTER_LINEAR. Blur ->
+    gauss -> cv2.GaussianBlur (kornia's sigma rule, reflect-101) + cv2 INTER_LINEAR; matlab ->
+    :func:`matlab_resize` (the per-pixel gather form of imresize.m's weights). Blur ->
     cv2.GaussianBlur; JPEG -> cv2.imencode/imdecode (the kornia codec runs kornia on the single
     image). Up -> cv2.resize. The noise values are taken from ``gaussian_noise`` (the random
     numbers are shared by design; everything else is independent of the batched code).
@@ -612,6 +712,8 @@ def degrade_reference(
     if low != (height, width):
         if spec.down == "area":
             x = _cv2_resize(x, low, cv2.INTER_AREA)
+        elif spec.down == "matlab":
+            x = matlab_resize(x, low).astype(np.float32)
         elif spec.down == "gauss":
             sy, ky = _kornia_gauss_ksize(height / low[0])
             sx, kx = _kornia_gauss_ksize(width / low[1])
