@@ -38,7 +38,7 @@ from lowres.results import (
     write_table,
 )
 from lowres.sweep.config import SweepConfig
-from lowres.sweep.models import ModelEntry, base_of
+from lowres.sweep.models import ModelEntry, base_of, model_details
 from lowres.sweep.quality import quality_outputs
 
 log = logging.getLogger("lowres.sweep")
@@ -47,10 +47,12 @@ Grid = Sequence[tuple[float, int]]
 
 
 def table_provenance(model_info, grid, fars, config: SweepConfig) -> dict[str, Any]:
-    """The provenance entries that describe the table's rows (shared by sweep and merge)."""
+    """The provenance entries that describe the table's rows (shared by sweep and merge); each
+    model with how it came to be (:func:`lowres.sweep.models.model_details`)."""
     return {
         "models": {
             name: {"kind": e.kind, "method": e.method, "source": e.source}
+            | model_details(e, config)
             for name, e in sorted(model_info.items())
         },
         "grid": [{"scale": s, "size_px": z} for s, z in grid],

@@ -4,6 +4,7 @@ in worker processes), checkpoints and external models loaded, and the raw-pixel 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,11 +17,11 @@ import torch
 from torch import nn
 
 from lowres import external
-from lowres.checkpoint import load_checkpoint
+from lowres.checkpoint import load_checkpoint, read_sidecar
 from lowres.data import synthetic
 from lowres.data.registry import check_dataset, has_own_split
 from lowres.embed import InputAdapter
-from lowres.errors import CheckpointError, ConfigError
+from lowres.errors import CheckpointError, ConfigError, LowresError
 from lowres.files import check_writable
 from lowres.methods import parse_method
 from lowres.processes import run_parallel
@@ -298,6 +299,38 @@ def train_config(entry: ModelEntry, config: SweepConfig, fold: int, seed: int):
     kwargs["device"] = config.device
     kwargs.update(entry.train)
     return TrainConfig.from_dict(kwargs)
+
+
+_UNIT_FIELDS = ("fold", "seed", "device", "num_threads", "loader_workers")
+"""TrainConfig fields that vary by (fold, seed) or by machine, left out of a model's recorded
+recipe (the seeds and folds are the sweep's own)."""
+
+
+def model_details(entry: ModelEntry, config: SweepConfig) -> dict[str, Any]:
+    """How a model of the sweep came to be, for ``provenance.json`` (``lowres report`` shows
+    it): a trained method's training settings (its TrainConfig at the sweep's first fold and
+    seed, less the fold, seed and machine fields), a checkpoint's sidecar summary, an external
+    model's format and input adapter; nothing for the raw pixels. A file that cannot be read
+    any more (a merge on another machine) gives ``{"unavailable": reason}``."""
+    try:
+        if entry.kind == "method":
+            tc = train_config(entry, config, config.folds[0], config.seeds[0])
+            recipe = {k: v for k, v in tc.to_dict().items() if k not in _UNIT_FIELDS}
+            return {"train": recipe}
+        if entry.kind == "external":
+            ext = external.parse_external(entry.source)
+            return {
+                "format": ext.format,
+                "adapter": json.loads(json.dumps(dataclasses.asdict(ext.adapter))),
+                "adapter_source": ext.adapter_source,
+            }
+        if entry.kind == "checkpoint":
+            side = read_sidecar(entry.source)
+            keys = ("method", "model", "data", "epochs_completed", "config_hash", "adapter")
+            return {"checkpoint": {k: side[k] for k in keys if k in side}}
+    except (LowresError, OSError) as exc:
+        return {"unavailable": str(exc)}
+    return {}
 
 
 def trained_checkpoint(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> Path:
