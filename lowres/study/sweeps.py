@@ -40,7 +40,7 @@ def run(study: Study, out_dir: Path, workers: int, force: bool) -> StudyResult:
     config = dataclasses.replace(study.sweep_config(out=out_dir), force=force, jobs=workers)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    sweep = run_sweep(config)
+    sweep = run_sweep(config, report=False)  # lowres.study.run reports the study's folder
     timings["sweep"] = time.perf_counter() - t0
     for key, value in sweep.timings.items():
         timings[f"sweep_{key}"] = value
