@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,11 +334,13 @@ def model_details(entry: ModelEntry, config: SweepConfig) -> dict[str, Any]:
     return {}
 
 
-def trained_checkpoint(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> Path:
+def trained_checkpoint(
+    entry: ModelEntry, config: SweepConfig, fold: int, seed: int, progress: bool | str = True
+) -> Path:
     """Checkpoint of a method at (fold, seed): from the model cache, or trained now and cached
-    (see :func:`lowres.train.train_cached`)."""
+    (see :func:`lowres.train.train_cached`; ``progress`` as :func:`lowres.train.train`'s)."""
     cache = model_cache_of(config)
-    return train_cached(train_config(entry, config, fold, seed), cache)
+    return train_cached(train_config(entry, config, fold, seed), cache, progress=progress)
 
 
 def _is_cached(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> bool:
@@ -351,7 +354,8 @@ def _is_cached(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> 
 
 
 def _pretrain_one(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> str:
-    return str(trained_checkpoint(entry, config, fold, seed))
+    # Processes in parallel share the terminal: epoch lines naming their model, no bars.
+    return str(trained_checkpoint(entry, config, fold, seed, progress="lines"))
 
 
 def training_workers(config: SweepConfig) -> int:
@@ -395,8 +399,10 @@ def pretrain_models(
     if workers <= 1 or len(todo) <= 1:
         return 0
     log.info("training %d models, %d in parallel", len(todo), workers)
+    t0 = time.perf_counter()
     _warm_rendered_data([train_config(e, config, f, s) for e, f, s in todo])
     run_parallel(_pretrain_one, [(e, config, f, s) for e, f, s in todo], workers)
+    log.info("trained %d models in %.1f s", len(todo), time.perf_counter() - t0)
     return len(todo)
 
 
