@@ -65,6 +65,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -483,14 +484,58 @@ def _pct(value: float) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
 
 
-def paper_table_markdown(
-    frame: pd.DataFrame,
-    *,
-    models: Sequence[str] | None = None,
-    digits_note: bool = True,
-) -> str:
-    """The results in the paper's layout: one markdown table per probe width, methods x FAR,
-    each cell ``TAR [95% interval]`` in percent, then the Ring-loss margins the same way.
+@dataclass(frozen=True)
+class PaperBlock:
+    """One probe width of :class:`PaperTable`: its TAR rows and Ring margins.
+
+    Attributes:
+        size_px, scale: the probe width and its scale.
+        n_genuine, n_impostor: the pairs behind each TAR (the largest count of the width).
+        tar: model -> one row (a Series of the table) or None per FAR of the table.
+        margins: (model, its base model, one row or None per FAR) per ``+R`` model.
+    """
+
+    size_px: int
+    scale: float
+    n_genuine: int
+    n_impostor: int
+    tar: dict[str, list[Any]]
+    margins: list[tuple[str, str, list[Any]]]
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """The results in the paper's layout (:func:`paper_table`): one block per probe width,
+    widest first, methods x FAR."""
+
+    dataset: str
+    metric: str
+    fars: list[float]
+    models: list[str]
+    width: int
+    blocks: list[PaperBlock]
+
+    @property
+    def note(self) -> str:
+        """What the numbers are (one sentence for under the tables)."""
+        what = (
+            "seed mean, 95% bootstrap over test identities and seeds"
+            if self.metric == "tar_mean"
+            else "95% Clopper-Pearson interval"
+        )
+        return (
+            f"TAR in percent, [{what}]. Margins: +R model minus its base loss, paired bootstrap "
+            "95% interval over test identities (and seeds); bold where the interval excludes 0."
+        )
+
+
+def excludes_zero(row: Any) -> bool:
+    """True when a row's interval (``ci_low``, ``ci_high``) lies wholly above or below 0."""
+    return bool(row["ci_low"] > 0 or row["ci_high"] < 0)
+
+
+def paper_table(frame: pd.DataFrame, *, models: Sequence[str] | None = None) -> PaperTable:
+    """The numbers of :func:`paper_table_markdown` (and of ``lowres report``'s HTML tables).
 
     Uses ``tar_mean`` rows (seed mean, identity + seed bootstrap interval) where the table has
     them, else the primary ``tar`` rows (Clopper-Pearson; several seeds averaged).
@@ -498,14 +543,12 @@ def paper_table_markdown(
     Args:
         frame: a sweep's results table.
         models: row order (default: the table's models, ``pixels`` last).
-        digits_note: end with a line saying what the numbers are.
 
-    Returns:
-        Markdown text.
+    Raises:
+        ResultsError: the table has no TAR rows.
     """
     prim = primary_rows(frame)
-    has_mean = (prim["metric"] == "tar_mean").any()
-    metric = "tar_mean" if has_mean else "tar"
+    metric = "tar_mean" if (prim["metric"] == "tar_mean").any() else "tar"
     tar = prim[prim["metric"] == metric]
     margin = prim[prim["metric"] == "ring_margin"]
     if tar.empty:
@@ -517,62 +560,92 @@ def paper_table_markdown(
         order.append(PIXELS)
     fars = sorted(tar["far"].dropna().unique())
     sizes = sorted(tar["size_px"].dropna().astype(int).unique(), reverse=True)
-    width = max(sizes)
+
+    def per_far(rows: pd.DataFrame) -> list[Any]:
+        found = [rows[np.isclose(rows["far"], f)] for f in fars]
+        return [None if r.empty else r.iloc[0] for r in found]
+
+    blocks = []
+    for size in sizes:
+        at = tar[tar["size_px"] == size]
+        mar = margin[margin["size_px"] == size]
+        blocks.append(
+            PaperBlock(
+                size_px=int(size),
+                scale=float(at["scale"].iloc[0]),
+                n_genuine=int(at["n_genuine"].max()),
+                n_impostor=int(at["n_impostor"].max()),
+                tar={m: per_far(at[at["model"] == m]) for m in order},
+                margins=[
+                    (
+                        m,
+                        str(mar.loc[mar["model"] == m, "reference"].iloc[0]),
+                        per_far(mar[mar["model"] == m]),
+                    )
+                    for m in order
+                    if m in set(mar["model"])
+                ],
+            )
+        )
     dataset = ", ".join(sorted(tar["dataset"].astype(str).unique()))
+    return PaperTable(dataset, metric, [float(f) for f in fars], order, max(sizes), blocks)
+
+
+def paper_table_markdown(
+    frame: pd.DataFrame,
+    *,
+    models: Sequence[str] | None = None,
+    digits_note: bool = True,
+) -> str:
+    """The results in the paper's layout: one markdown table per probe width, methods x FAR,
+    each cell ``TAR [95% interval]`` in percent, then the Ring-loss margins the same way
+    (numbers from :func:`paper_table`).
+
+    Args:
+        frame: a sweep's results table.
+        models: row order (default: the table's models, ``pixels`` last).
+        digits_note: end with a line saying what the numbers are.
+
+    Returns:
+        Markdown text.
+    """
+    table = paper_table(frame, models=models)
+    fars = table.fars
     lines = []
 
-    def cell(rows: pd.DataFrame) -> str:
-        if rows.empty:
+    def cell(r: Any) -> str:
+        if r is None:
             return "-"
-        r = rows.iloc[0]
         return f"{_pct(r['value'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"
+
+    def margin_cell(r: Any) -> str:
+        if r is None:
+            return "-"
+        sign = "+" if r["value"] > 0 else ""
+        text = f"{sign}{cell(r)}"
+        return f"**{text}**" if excludes_zero(r) else text
 
     header = "| method | " + " | ".join(f"TAR@FAR {f:g}" for f in fars) + " |"
     rule = "|---|" + "---|" * len(fars)
-    for size in sizes:
-        at = tar[tar["size_px"] == size]
-        scale = float(at["scale"].iloc[0])
-        pairs = int(at["n_genuine"].max()), int(at["n_impostor"].max())
+    for block in table.blocks:
         lines.append(
-            f"#### {dataset}: probes {size} px wide (scale {scale:g} of {width} px); "
-            f"{pairs[0]:,} genuine / {pairs[1]:,} impostor pairs"
+            f"#### {table.dataset}: probes {block.size_px} px wide (scale {block.scale:g} of "
+            f"{table.width} px); {block.n_genuine:,} genuine / {block.n_impostor:,} impostor pairs"
         )
         lines += ["", header, rule]
-        for model in order:
-            mine = at[at["model"] == model]
-            cells = [cell(mine[np.isclose(mine["far"], f)]) for f in fars]
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        for model, rows in block.tar.items():
+            lines.append(f"| {model} | " + " | ".join(cell(r) for r in rows) + " |")
         lines.append("")
-        mar = margin[margin["size_px"] == size]
-        if not mar.empty:
+        if block.margins:
             lines += [
                 "| Ring margin (TAR points) | " + " | ".join(f"FAR {f:g}" for f in fars) + " |",
                 rule,
             ]
-            for model in [m for m in order if m in set(mar["model"])]:
-                mine = mar[mar["model"] == model]
-                ref = str(mine["reference"].iloc[0])
-                cells = []
-                for f in fars:
-                    row = mine[np.isclose(mine["far"], f)]
-                    if row.empty:
-                        cells.append("-")
-                        continue
-                    r = row.iloc[0]
-                    sign = "+" if r["value"] > 0 else ""
-                    excl = r["ci_low"] > 0 or r["ci_high"] < 0
-                    text = f"{sign}{_pct(r['value'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"
-                    cells.append(f"**{text}**" if excl else text)
-                lines.append(f"| {model} - {ref} | " + " | ".join(cells) + " |")
+            for model, ref, rows in block.margins:
+                lines.append(
+                    f"| {model} - {ref} | " + " | ".join(margin_cell(r) for r in rows) + " |"
+                )
             lines.append("")
     if digits_note:
-        what = (
-            "seed mean, 95% bootstrap over test identities and seeds"
-            if has_mean
-            else "95% Clopper-Pearson interval"
-        )
-        lines.append(
-            f"TAR in percent, [{what}]. Margins: +R model minus its base loss, paired bootstrap "
-            "95% interval over test identities (and seeds); bold where the interval excludes 0."
-        )
+        lines.append(table.note)
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ Thin by design: each command parses options, calls library functions, and prints
 
 Modules: :mod:`~lowres.cli.group` (the group and its error handling), :mod:`~lowres.cli.train`
 (train, export), :mod:`~lowres.cli.data` (data list/show), :mod:`~lowres.cli.sweep` (sweep,
-merge), :mod:`~lowres.cli.results` (plot, check), :mod:`~lowres.cli.study` (run).
+merge), :mod:`~lowres.cli.results` (plot, check, report), :mod:`~lowres.cli.study` (run).
 """
 
 # Importing a command module registers its commands on the group, in `lowres --help` order.

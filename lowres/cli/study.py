@@ -47,7 +47,10 @@ def run_cmd(study_file, list_only, out, jobs, force, settings) -> None:
     study = load_study(study_file, overrides=settings)
     result = run_study(study, out=out, jobs=jobs, force=force)
     click.echo(result.summary)
+    report = result.out / "report.html"
     click.echo(
         f"wrote {result.out} in {result.timings['total']:.1f} s "
-        f"({len(result.figures)} figure files)"
+        f"({len(result.figures)} figure files"
+        + (f", the report in {report}" if report.is_file() else "")
+        + ")"
     )

@@ -150,7 +150,7 @@ def _bad(ctx, name: str, exc: Exception):
     default=None,
     help="Also write a `lowres check` baseline CSV here.",
 )
-@click.option("--no-plot", is_flag=True, help="Skip the figures.")
+@click.option("--no-plot", is_flag=True, help="Skip the figures and the report.")
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
@@ -305,18 +305,27 @@ def _echo_sweep(result, config, save_baseline) -> None:
     click.echo(
         f"\n{result.computed} cells computed, {result.reused} reused in {t['total']:.1f} s "
         f"(train {t['train']:.1f}, embed {t['embed']:.1f}, score {t['score']:.1f}, "
-        f"bootstrap {t.get('bootstrap', 0.0):.1f}, plot {t.get('plot', 0.0):.1f}); "
-        f"results in {result.out}/results.csv"
+        f"bootstrap {t.get('bootstrap', 0.0):.1f}, plot {t.get('plot', 0.0):.1f}, "
+        f"report {t.get('report', 0.0):.1f}); results in {result.out}/results.csv"
+        + _report_note(result.out)
     )
     if save_baseline:
         click.echo(f"baseline written to {save_baseline}")
+
+
+def _report_note(out) -> str:
+    """Where the report is, when the run wrote one."""
+    from lowres.report import REPORT_FILE
+
+    path = out / REPORT_FILE
+    return f", the report in {path}" if path.is_file() else ""
 
 
 @cli.command("merge")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.argument("shard_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Replace a folder holding a sweep with other settings.")
-@click.option("--no-plot", is_flag=True, help="Skip the figures.")
+@click.option("--no-plot", is_flag=True, help="Skip the figures and the report.")
 @click.option(
     "--save-baseline",
     type=click.Path(dir_okay=False),
@@ -337,6 +346,7 @@ def merge_cmd(out, shard_dirs, force, no_plot, save_baseline) -> None:
     click.echo(
         f"\nmerged {result.reused} cells from {len(shard_dirs)} shard folders in "
         f"{result.timings['total']:.1f} s; results in {result.out}/results.csv"
+        + _report_note(result.out)
     )
     if save_baseline:
         click.echo(f"baseline written to {save_baseline}")

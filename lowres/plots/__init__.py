@@ -21,6 +21,10 @@ atomically as PNG and PDF into ``RUN/figures/``.
    width: how the genuine scores slide into the impostors as faces shrink.
 7. ``training`` (from ``training.csv``, the models' own per-epoch logs): held-out TAR, training
    accuracy and loss against the epoch, one line per trained model.
+8. ``quality_edc`` (from ``quality.csv``): the feature norm as a quality score, error versus
+   discard.
+
+How to read each one, as ``lowres report`` captions it: :data:`lowres.report.FIGURE_CAPTIONS`.
 
 Matplotlib's object API is used (no pyplot, no global backend or style change), so plotting
 works headless and inside other programs. Several seeds are averaged
@@ -46,8 +50,10 @@ from lowres.plots.sweep import (
     figure_scores,
     figure_tar_vs_resolution,
     figure_training,
+    figures_current,
     plot_run,
     plot_tables,
+    tables_digest,
 )
 
 __all__ = [
@@ -67,8 +73,10 @@ __all__ = [
     "figure_scores",
     "figure_tar_vs_resolution",
     "figure_training",
+    "figures_current",
     "model_styles",
     "plateau_table",
     "plot_run",
     "plot_tables",
+    "tables_digest",
 ]

@@ -3,6 +3,7 @@ them when the tables changed."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -487,20 +488,15 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
         ResultsError: the folder or its ``results.csv`` is missing (a shard folder says to
             merge first) or the table is damaged (see :func:`lowres.results.read_table`).
     """
-    import hashlib
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ResultsError(f"{run_dir} is not a folder; give a sweep folder made by lowres sweep")
     table_path = run_dir / "results.csv"
     table = read_table(table_path)
     out_dir = run_dir / FIGURES_DIR
-    digest = hashlib.sha256(_STYLE_VERSION.encode())
-    for name in ("results.csv", "roc.csv", "norms.csv", "scores.csv", "quality.csv", TRAINING_FILE):
-        path = run_dir / name
-        digest.update(path.read_bytes() if path.is_file() else b"-")
+    digest = tables_digest(run_dir)
     digest_path = out_dir / _DIGEST_FILE
-    if not force and digest_path.is_file() and digest_path.read_text() == digest.hexdigest():
+    if not force and digest_path.is_file() and digest_path.read_text() == digest:
         existing = sorted(p for p in out_dir.iterdir() if p.suffix in (".png", ".pdf"))
         if existing:
             return existing
@@ -516,8 +512,25 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
         table, out_dir, roc=roc, norms=norms, scores=scores, training=training, quality=quality
     )
 
-    atomic_write_text(digest_path, digest.hexdigest())
+    atomic_write_text(digest_path, digest)
     return written
+
+
+def tables_digest(run_dir: str | os.PathLike) -> str:
+    """Digest of the tables a sweep's figures are drawn from (and of the figures' style): the
+    figures in ``RUN/figures/`` are current when their ``.source-digest`` holds it."""
+    digest = hashlib.sha256(_STYLE_VERSION.encode())
+    for name in ("results.csv", "roc.csv", "norms.csv", "scores.csv", "quality.csv", TRAINING_FILE):
+        path = Path(run_dir) / name
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    return digest.hexdigest()
+
+
+def figures_current(run_dir: str | os.PathLike) -> bool:
+    """True when ``RUN/figures/`` was drawn from the tables now in ``RUN`` (see
+    :func:`tables_digest`)."""
+    path = Path(run_dir) / FIGURES_DIR / _DIGEST_FILE
+    return path.is_file() and path.read_text() == tables_digest(run_dir)
 
 
 def _read_optional(path: Path, columns: Sequence[str]) -> pd.DataFrame | None:

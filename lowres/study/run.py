@@ -1,6 +1,7 @@
 """Run (or resume) a study: the kind's runner from :data:`RUNNERS`, then ``provenance.json``
 (study file and sha256, parsed config, versions, git revision, seeds, timings, and the earlier
-runs' timings so a resumed study keeps the wall time of the run that did the work)."""
+runs' timings so a resumed study keeps the wall time of the run that did the work), then the
+study's ``report.html`` (:mod:`lowres.report`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from lowres.errors import ConfigError, LowresError
 from lowres.files import atomic_write_json, check_writable
 from lowres.provenance import RESULT_LIBRARIES, git_revision, versions
+from lowres.report import report_after_run
 from lowres.study import features2d, sweeps
 from lowres.study.schema import KINDS, STUDY_FORMAT, Study, StudyResult, load_study
 
@@ -64,6 +66,9 @@ def run_study(
     result.timings["total"] = time.perf_counter() - t0
     result.extra["history"] = history
     _write_provenance(study, out_dir, result)
+    t0 = time.perf_counter()
+    report_after_run(out_dir)  # after the provenance it shows; a failure is one warning
+    result.timings["report"] = time.perf_counter() - t0
     return result
 
 

@@ -6,6 +6,7 @@ kind ``norms`` the norm-angle analysis (:mod:`lowres.study.norms`)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
@@ -20,10 +21,13 @@ from lowres.plots import (
     figure_runs,
     plateau_table,
 )
+from lowres.progress import say
 from lowres.results import paper_table_markdown
 from lowres.study.norms import norm_angle_summary, norm_angle_tables
 from lowres.study.schema import Study, StudyResult
 from lowres.sweep import format_summary, run_sweep
+
+log = logging.getLogger("lowres.study")
 
 
 def paper_tables(study: Study, table, heading: str = "") -> str:
@@ -40,7 +44,7 @@ def run(study: Study, out_dir: Path, workers: int, force: bool) -> StudyResult:
     config = dataclasses.replace(study.sweep_config(out=out_dir), force=force, jobs=workers)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    sweep = run_sweep(config)
+    sweep = run_sweep(config, report=False)  # lowres.study.run reports the study's folder
     timings["sweep"] = time.perf_counter() - t0
     for key, value in sweep.timings.items():
         timings[f"sweep_{key}"] = value
@@ -105,14 +109,16 @@ def run_runs(study: Study, out_dir: Path, workers: int, force: bool) -> StudyRes
     (``run`` column first), ``table.md`` and the ``runs_overview`` figure."""
     timings: dict[str, float] = {}
     frames, texts, figures, summaries, records = [], [], [], [], {}
-    for run in study.runs:
+    for i, run in enumerate(study.runs, 1):
         name = run["name"]
         config = dataclasses.replace(
             study.sweep_config(out=out_dir / name, run=run), force=force, jobs=workers
         )
+        say(f"run {i}/{len(study.runs)} {name}: sweep into {config.out}", log)
         t0 = time.perf_counter()
         sweep = run_sweep(config)
         timings[f"sweep_{name}"] = time.perf_counter() - t0
+        say(f"run {i}/{len(study.runs)} {name}: done in {timings[f'sweep_{name}']:.1f} s", log)
         for key, value in sweep.timings.items():
             timings[f"sweep_{name}_{key}"] = value
         frame = sweep.table.copy()

@@ -28,6 +28,7 @@ from lowres.cells import (
 from lowres.check import save_baseline
 from lowres.files import atomic_write_csv, atomic_write_json
 from lowres.plots import plot_run
+from lowres.progress import Stage
 from lowres.results import (
     POOLED,
     make_row,
@@ -38,7 +39,7 @@ from lowres.results import (
     write_table,
 )
 from lowres.sweep.config import SweepConfig
-from lowres.sweep.models import ModelEntry, base_of
+from lowres.sweep.models import ModelEntry, base_of, model_details
 from lowres.sweep.quality import quality_outputs
 
 log = logging.getLogger("lowres.sweep")
@@ -47,10 +48,12 @@ Grid = Sequence[tuple[float, int]]
 
 
 def table_provenance(model_info, grid, fars, config: SweepConfig) -> dict[str, Any]:
-    """The provenance entries that describe the table's rows (shared by sweep and merge)."""
+    """The provenance entries that describe the table's rows (shared by sweep and merge); each
+    model with how it came to be (:func:`lowres.sweep.models.model_details`)."""
     return {
         "models": {
             name: {"kind": e.kind, "method": e.method, "source": e.source}
+            | model_details(e, config)
             for name, e in sorted(model_info.items())
         },
         "grid": [{"scale": s, "size_px": z} for s, z in grid],
@@ -89,6 +92,7 @@ def assemble_outputs(
         t0 = time.perf_counter()
         figures = plot_run(out)
         timings["plot"] = time.perf_counter() - t0
+        log.info("figures: %d files in %.1f s", len(figures), timings["plot"])
     return table, figures
 
 
@@ -219,30 +223,32 @@ def _boot_rows(boot: dict, names: tuple[str, ...], fields: tuple[str, str, str],
 
 def _bootstrap_rows(boots: Bootstraps, model_info, grid: Grid, seeds, level_fold, context):
     """The Ring-margin rows of every ``+R`` model with its base in the sweep and, with several
-    seeds, every model's seed-mean TAR (its interval holds identity *and* seed variation)."""
+    seeds, every model's seed-mean TAR (its interval holds identity *and* seed variation); a
+    progress stage over the bootstraps (most of a rerun's time on a big sweep)."""
     rows = []
     names = sorted(model_info)
     common = dict(context, fold=level_fold, fars=boots.fars)
-    for name in names:
-        base = ring_base(name, model_info)
-        if base is None:
-            continue
-        for scale, size in grid:
-            boot = boots.margin(name, base, scale)
-            rows += _boot_rows(
-                boot,
-                (name, base),
-                ("diff_point", "diff_low", "diff_high"),
-                **common,
-                model=name,
-                method=model_info[name].method,
-                scale=scale,
-                size_px=size,
-                seed=seeds[0] if len(seeds) == 1 else None,
-                metric="ring_margin",
-            )
-    if len(seeds) > 1:
-        for name in names:
+    pairs = [(n, b) for n in names if (b := ring_base(n, model_info)) is not None]
+    means = names if len(seeds) > 1 else []
+    t0 = time.perf_counter()
+    total = (len(pairs) + len(means)) * len(grid)
+    with Stage("bootstrap", total, log=log) as stage:
+        for name, base in pairs:
+            for scale, size in grid:
+                rows += _boot_rows(
+                    boots.margin(name, base, scale),
+                    (name, base),
+                    ("diff_point", "diff_low", "diff_high"),
+                    **common,
+                    model=name,
+                    method=model_info[name].method,
+                    scale=scale,
+                    size_px=size,
+                    seed=seeds[0] if len(seeds) == 1 else None,
+                    metric="ring_margin",
+                )
+                stage.advance(1, f"{name} - {base} {size} px")
+        for name in means:
             for scale, size in grid:
                 rows += _boot_rows(
                     boots.seed_mean(name, scale),
@@ -256,6 +262,12 @@ def _bootstrap_rows(boots: Bootstraps, model_info, grid: Grid, seeds, level_fold
                     seed=None,
                     metric="tar_mean",
                 )
+                stage.advance(1, f"{name} seed mean {size} px")
+        if total:
+            stage.done(
+                f"bootstrap: {total} intervals ({boots.computed} computed) in "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
     return rows
 
 
@@ -341,6 +353,7 @@ class Bootstraps:
         self.store, self.levels = store, levels
         self.folds, self.seeds, self.fars = list(folds), list(seeds), list(fars)
         self.n_boot, self.boot_seed = int(config.n_boot), int(config.boot_seed)
+        self.computed = 0  # bootstraps run (not read from the cache) so far
 
     def margin(self, name: str, base: str, scale: float) -> dict:
         """Ring-margin bootstrap of ``name`` vs ``base`` (paired over identities and seeds)."""
@@ -389,6 +402,7 @@ class Bootstraps:
                     return cached
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 pass
+        self.computed += 1
         groups = [[self.levels(name, seed, scale)[:3] for name in models] for seed in self.seeds]
         boot = bootstrap_tar(groups, self.fars, n_boot=self.n_boot, seed=self.boot_seed)
         same = groups[0][0][1] == groups[0][0][2]

@@ -16,6 +16,7 @@ from lowres.cells import CellStore, cell_metric_rows, pair_scores
 from lowres.data import get_test_split
 from lowres.embed import embed_many, pick_device
 from lowres.errors import ConfigError
+from lowres.progress import Stage
 from lowres.sweep.config import MAX_PAIRS, SweepConfig
 from lowres.sweep.models import Prepared
 
@@ -202,37 +203,34 @@ def compute_cells(
     need = {p.entry.name: p for ps in missing.values() for p in ps}
     total = sum(len(v) for v in missing.values())
     run = _embedder(unit, images, device, timings)
-    clean = run(need, 1.0)
-    counts = Counts(images=images.shape[0], model_images=images.shape[0] * len(need))
-    for scale, _ in unit.grid:
-        todo = missing.get(scale)
-        if not todo:
-            continue
-        if scale == 1.0:
-            emb = {p.entry.name: clean[p.entry.name] for p in todo}
-        else:
-            emb = run({p.entry.name: p for p in todo}, scale)
-            counts.images += images.shape[0]
-            counts.model_images += images.shape[0] * len(todo)
-        for p in todo:
-            t0 = time.perf_counter()
-            name = p.entry.name
-            gallery = clean[name] if config.pairing == "probe" else emb[name]
-            rows = _write_one(unit, store, name, scale, gallery, emb[name], protocol)
-            timings["score"] += time.perf_counter() - t0
-            counts.cells += 1
-            log.info(
-                "[%*d/%d] %-14s %4d px  fold %d seed %d  TAR@%g=%.3f",
-                len(str(total)),
-                counts.cells,
-                total,
-                name,
-                size_of[scale],
-                unit.fold,
-                unit.seed,
-                unit.fars[0],
-                rows[0]["value"],
-            )
-            if on_cell is not None:
-                on_cell(unit.keys[(name, scale)])
+    t_start = time.perf_counter()
+    where = f"fold {unit.fold} seed {unit.seed}"
+    with Stage(f"{where}: cells", total, log=log, step_lines=True) as stage:
+        clean = run(need, 1.0)
+        counts = Counts(images=images.shape[0], model_images=images.shape[0] * len(need))
+        for scale, _ in unit.grid:
+            todo = missing.get(scale)
+            if not todo:
+                continue
+            if scale == 1.0:
+                emb = {p.entry.name: clean[p.entry.name] for p in todo}
+            else:
+                emb = run({p.entry.name: p for p in todo}, scale)
+                counts.images += images.shape[0]
+                counts.model_images += images.shape[0] * len(todo)
+            for p in todo:
+                t0 = time.perf_counter()
+                name = p.entry.name
+                gallery = clean[name] if config.pairing == "probe" else emb[name]
+                rows = _write_one(unit, store, name, scale, gallery, emb[name], protocol)
+                timings["score"] += time.perf_counter() - t0
+                counts.cells += 1
+                stage.advance(
+                    1,
+                    f"[{counts.cells:{len(str(total))}d}/{total}] {name:<14} "
+                    f"{size_of[scale]:4d} px  {where}  TAR@{unit.fars[0]:g}={rows[0]['value']:.3f}",
+                )
+                if on_cell is not None:
+                    on_cell(unit.keys[(name, scale)])
+        stage.done(f"{where}: {counts.cells} cells in {time.perf_counter() - t_start:.1f} s")
     return counts

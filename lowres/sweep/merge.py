@@ -14,6 +14,7 @@ from lowres import shards
 from lowres.cells import CellStore, open_out_dir
 from lowres.files import atomic_write_json
 from lowres.provenance import RESULT_LIBRARIES, git_revision, versions
+from lowres.report import report_after_run
 from lowres.sweep.assemble import assemble_outputs, table_provenance
 from lowres.sweep.config import SweepConfig, SweepResult
 from lowres.sweep.models import ModelEntry
@@ -34,7 +35,8 @@ def merge_shards(
     :data:`lowres.shards.RUNTIME_KEYS`) and that together they hold every cell exactly once
     (:func:`lowres.shards.collect_shards`); copies the cells into ``out/cells`` and assembles
     them as :func:`run_sweep` does (same function), so ``results.csv`` is byte-identical to an
-    unsharded sweep's. Provenance records each shard.
+    unsharded sweep's. Provenance records each shard. With ``plot``, the figures and then
+    ``report.html`` (:mod:`lowres.report`) are written too.
 
     Raises:
         ResultsError: a folder without a shard manifest, shards that disagree, a missing or
@@ -96,6 +98,10 @@ def merge_shards(
             **table_provenance(model_info, grid, fars, config),
         )
         atomic_write_json(out / "provenance.json", provenance)
-        return SweepResult(
-            out=out, table=table, computed=0, reused=len(cells), timings=timings, figures=figures
-        )
+    if plot:
+        t0 = time.perf_counter()
+        report_after_run(out)
+        timings["report"] = time.perf_counter() - t0
+    return SweepResult(
+        out=out, table=table, computed=0, reused=len(cells), timings=timings, figures=figures
+    )

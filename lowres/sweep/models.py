@@ -4,9 +4,11 @@ in worker processes), checkpoints and external models loaded, and the raw-pixel 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +18,11 @@ import torch
 from torch import nn
 
 from lowres import external
-from lowres.checkpoint import load_checkpoint
+from lowres.checkpoint import load_checkpoint, read_sidecar
 from lowres.data import synthetic
 from lowres.data.registry import check_dataset, has_own_split
 from lowres.embed import InputAdapter
-from lowres.errors import CheckpointError, ConfigError
+from lowres.errors import CheckpointError, ConfigError, LowresError
 from lowres.files import check_writable
 from lowres.methods import parse_method
 from lowres.processes import run_parallel
@@ -300,11 +302,45 @@ def train_config(entry: ModelEntry, config: SweepConfig, fold: int, seed: int):
     return TrainConfig.from_dict(kwargs)
 
 
-def trained_checkpoint(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> Path:
+_UNIT_FIELDS = ("fold", "seed", "device", "num_threads", "loader_workers")
+"""TrainConfig fields that vary by (fold, seed) or by machine, left out of a model's recorded
+recipe (the seeds and folds are the sweep's own)."""
+
+
+def model_details(entry: ModelEntry, config: SweepConfig) -> dict[str, Any]:
+    """How a model of the sweep came to be, for ``provenance.json`` (``lowres report`` shows
+    it): a trained method's training settings (its TrainConfig at the sweep's first fold and
+    seed, less the fold, seed and machine fields), a checkpoint's sidecar summary, an external
+    model's format and input adapter; nothing for the raw pixels. A file that cannot be read
+    any more (a merge on another machine) gives ``{"unavailable": reason}``."""
+    try:
+        if entry.kind == "method":
+            tc = train_config(entry, config, config.folds[0], config.seeds[0])
+            recipe = {k: v for k, v in tc.to_dict().items() if k not in _UNIT_FIELDS}
+            return {"train": recipe}
+        if entry.kind == "external":
+            ext = external.parse_external(entry.source)
+            return {
+                "format": ext.format,
+                "adapter": json.loads(json.dumps(dataclasses.asdict(ext.adapter))),
+                "adapter_source": ext.adapter_source,
+            }
+        if entry.kind == "checkpoint":
+            side = read_sidecar(entry.source)
+            keys = ("method", "model", "data", "epochs_completed", "config_hash", "adapter")
+            return {"checkpoint": {k: side[k] for k in keys if k in side}}
+    except (LowresError, OSError) as exc:
+        return {"unavailable": str(exc)}
+    return {}
+
+
+def trained_checkpoint(
+    entry: ModelEntry, config: SweepConfig, fold: int, seed: int, progress: bool | str = True
+) -> Path:
     """Checkpoint of a method at (fold, seed): from the model cache, or trained now and cached
-    (see :func:`lowres.train.train_cached`)."""
+    (see :func:`lowres.train.train_cached`; ``progress`` as :func:`lowres.train.train`'s)."""
     cache = model_cache_of(config)
-    return train_cached(train_config(entry, config, fold, seed), cache)
+    return train_cached(train_config(entry, config, fold, seed), cache, progress=progress)
 
 
 def _is_cached(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> bool:
@@ -318,7 +354,8 @@ def _is_cached(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> 
 
 
 def _pretrain_one(entry: ModelEntry, config: SweepConfig, fold: int, seed: int) -> str:
-    return str(trained_checkpoint(entry, config, fold, seed))
+    # Processes in parallel share the terminal: epoch lines naming their model, no bars.
+    return str(trained_checkpoint(entry, config, fold, seed, progress="lines"))
 
 
 def training_workers(config: SweepConfig) -> int:
@@ -362,8 +399,10 @@ def pretrain_models(
     if workers <= 1 or len(todo) <= 1:
         return 0
     log.info("training %d models, %d in parallel", len(todo), workers)
+    t0 = time.perf_counter()
     _warm_rendered_data([train_config(e, config, f, s) for e, f, s in todo])
     run_parallel(_pretrain_one, [(e, config, f, s) for e, f, s in todo], workers)
+    log.info("trained %d models in %.1f s", len(todo), time.perf_counter() - t0)
     return len(todo)
 
 

@@ -18,6 +18,7 @@ from lowres.degrade import DEFAULT, parse_degrade
 from lowres.errors import ConfigError
 from lowres.files import atomic_write_json
 from lowres.provenance import RESULT_LIBRARIES, git_revision, versions
+from lowres.report import report_after_run
 from lowres.results import to_frame
 from lowres.sweep.assemble import assemble_outputs, table_provenance
 from lowres.sweep.compute import Counts, Unit, check_pairs, compute_cells, sweep_test_split
@@ -202,12 +203,16 @@ def run_sweep(
     config: SweepConfig,
     *,
     on_cell: Callable[[dict[str, Any]], None] | None = None,
+    report: bool = True,
 ) -> SweepResult:
     """Run (or resume, or extend) a sweep and assemble its outputs.
 
     Args:
         config: the sweep settings.
         on_cell: called with each newly written cell's key (progress hooks, tests).
+        report: write ``report.html`` at the end when the figures are drawn (``config.plot``);
+            a study that reports the folder itself passes False. A report that fails is one
+            warning, never a failed sweep (:func:`lowres.report.report_after_run`).
 
     Returns:
         SweepResult with the assembled table and the numbers of computed and reused cells.
@@ -265,4 +270,8 @@ def run_sweep(
         timings["total"] = time.perf_counter() - t_start
         provenance.update(status="complete", timings_s={k: round(v, 3) for k, v in timings.items()})
         atomic_write_json(out / "provenance.json", provenance)
-        return SweepResult(out, table, computed, reused, timings, figures)
+    if config.plot and report:
+        t0 = time.perf_counter()
+        report_after_run(out)
+        timings["report"] = time.perf_counter() - t0
+    return SweepResult(out, table, computed, reused, timings, figures)

@@ -69,7 +69,9 @@ def cached_model(folder: Path, config_hash: str) -> Path | None:
     return folder / rel
 
 
-def train_cached(config: TrainConfig, cache: str | os.PathLike, *, progress: bool = True) -> Path:
+def train_cached(
+    config: TrainConfig, cache: str | os.PathLike, *, progress: bool | str = True
+) -> Path:
     """Checkpoint folder of ``config``: from ``cache/<model_key(config)>/``, or trained now.
 
     Training runs in ``<key>.partial`` (resumed there after an interruption) and the folder is

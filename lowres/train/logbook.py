@@ -1,12 +1,10 @@
-"""What a run reports: the per-epoch sums and rows of ``log.csv`` and the progress line."""
+"""What a run reports: the per-epoch sums and rows of ``log.csv``, and its progress on stderr."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,39 +14,45 @@ from lowres.checkpoint import (
     atomic_write_text,
 )
 from lowres.errors import TrainingError
+from lowres.progress import Stage, say
 from lowres.train.data import VAL_FAR
 
 LOG_FILE = "log.csv"
 
 
 class Progress:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, one line per epoch
-    otherwise, so CI logs stay readable)."""
+    """A training run's progress (:mod:`lowres.progress`): one stage per epoch. On a terminal a
+    bar over the epoch's steps (loss, accuracy and images per second after it) that becomes the
+    epoch's line when the epoch ends; elsewhere (a CI log) the epoch's line only.
 
-    def __init__(self, enabled: bool, epochs: int, steps: int) -> None:
-        self.enabled = enabled
+    Args:
+        mode: True (bar and lines), ``"lines"`` (the epoch lines only, each prefixed by
+            ``name``: trainings running in parallel share one stderr), False (nothing).
+        epochs, steps: the run's epochs and steps per epoch.
+        name: what the ``"lines"`` prefix names (method, fold, seed).
+    """
+
+    def __init__(self, mode: bool | str, epochs: int, steps: int, name: str = "") -> None:
+        self.mode = mode
         self.epochs, self.steps = epochs, steps
-        self.tty = enabled and sys.stderr.isatty()
-        self.last = 0.0
+        self.prefix = f"{name}: " if mode == "lines" and name else ""
+        self.stage: Stage | None = None
+        self.step = 0
 
     def update(self, epoch: int, step: int, loss: float, acc: float, rate: float) -> None:
-        if not self.tty:
+        """Step ``step`` (1-based) of ``epoch`` is done, with the epoch's running figures."""
+        if self.mode is not True:
             return
-        now = time.monotonic()
-        if step < self.steps and now - self.last < 0.2:
-            return
-        self.last = now
-        filled = int(24 * step / max(1, self.steps))
-        bar = "#" * filled + "." * (24 - filled)
-        sys.stderr.write(
-            f"\repoch {epoch}/{self.epochs} [{bar}] {step}/{self.steps} "
-            f"loss {loss:.3f} acc {acc:.3f} {rate:.0f} img/s"
-        )
-        sys.stderr.flush()
+        if self.stage is None:
+            self.stage = Stage(f"epoch {epoch}/{self.epochs}", self.steps).__enter__()
+            self.step = 0
+        # The running figures reach the host every SYNC_EVERY steps; none yet: steps only.
+        info = f"loss {loss:.3f} acc {acc:.3f} {rate:.0f} img/s" if rate > 0 else None
+        self.stage.advance(step - self.step, info)
+        self.step = step
 
     def epoch_done(self, row: dict) -> None:
-        if not self.enabled:
-            return
+        """The epoch's line (its log row): replaces the bar on a terminal."""
         text = (
             f"epoch {row['epoch']}/{self.epochs} loss {row['loss']:.4f} "
             f"acc {row['train_acc']:.3f} |f| {row['norm_mean']:.2f}+-{row['norm_std']:.2f} "
@@ -56,8 +60,17 @@ class Progress:
         )
         if "val_tar" in row:
             text += f" val TAR@{VAL_FAR:g} {row['val_tar']:.3f}"
-        sys.stderr.write(("\r" + text + " " * 10 + "\n") if self.tty else text + "\n")
-        sys.stderr.flush()
+        if self.stage is not None:
+            self.stage.done(text)
+            self.stage = None
+        elif self.mode:
+            say(self.prefix + text)
+
+    def close(self) -> None:
+        """End a bar left open (training stopped inside an epoch)."""
+        if self.stage is not None:
+            self.stage.__exit__(None, None, None)
+            self.stage = None
 
 
 def write_log(path: Path, rows: list[dict]) -> None:

@@ -298,7 +298,7 @@ def train(
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     max_steps: int | None = None,
 ) -> Path:
     """Train ``config`` and write its checkpoint into ``out_dir``.
@@ -313,7 +313,8 @@ def train(
         resume: continue from ``out_dir/state.pt`` if present (exactly where it stopped, with
             any number of processes); a finished run is returned as is. Without it, an
             ``out_dir`` that already holds a checkpoint, or any other file, is refused.
-        progress: progress bar + one line per epoch on stderr (rank 0 only).
+        progress: True, ``"lines"`` (no bar) or False, on stderr of rank 0 only (see
+            :class:`lowres.train.logbook.Progress`).
         max_steps: stop after this many optimizer steps in total (counting steps before a
             resume), writing a resumable checkpoint; None trains all epochs.
 
@@ -405,7 +406,7 @@ def _train(  # noqa: C901
     world: ddp.World,
     device: torch.device,
     *,
-    progress: bool,
+    progress: bool | str,
     max_steps: int | None,
 ) -> Path:
     """The loop of :func:`train`, after the checks and inside the process group."""
@@ -507,7 +508,8 @@ def _train(  # noqa: C901
         if cuda and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
 
-    bar = Progress(progress and world.main, epochs, steps_per_epoch)
+    name = f"{config.method} (fold {config.fold}, seed {config.seed})"
+    bar = Progress(progress if world.main else False, epochs, steps_per_epoch, name)
     base_sidecar = _base_sidecar(
         config,
         (spec, model_kwargs, adapter),
@@ -656,6 +658,7 @@ def _train(  # noqa: C901
         save(epoch >= epochs)
         last_good = f"{out} (epoch {epoch}, step {iteration})"
 
+    bar.close()
     if stopped:
         save(False)
     return out

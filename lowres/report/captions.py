@@ -1,0 +1,76 @@
+"""How to read each figure a sweep or a study draws: the README's explanations, in one place,
+as the captions of ``lowres report`` (keyed by the figure's file stem)."""
+
+from __future__ import annotations
+
+FIGURE_CAPTIONS: dict[str, str] = {
+    "tar_vs_resolution": (
+        "Each panel is one false-accept rate. The x axis is the probe face width in pixels (log "
+        "scale); each probe is compared with a clean gallery face of every other test image "
+        "(pairing 'probe'; with pairing 'both' both faces are degraded). The y axis is the "
+        "true-accept rate at the exact threshold whose FAR is at most the target; bands are 95% "
+        "Clopper-Pearson intervals on the genuine pairs (with several seeds: the seed mean and a "
+        "bootstrap over identities and seeds). Each loss family has one colour: the base loss "
+        "dashed and light, its +R variant solid and dark; grey dots are cosine on raw pixels."
+    ),
+    "ring_margin": (
+        "TAR(X+R) minus TAR(X) per FAR and probe width, with a 95% paired bootstrap band over "
+        "test identities (and seeds) and a zero line: a band wholly above zero is a margin for "
+        "Ring loss, one that crosses zero is no evidence of one."
+    ),
+    "roc": (
+        "One panel per probe width: TAR against FAR on a log axis, every model; curves that "
+        "fall together as the panels go to smaller widths show the loss of resolution."
+    ),
+    "norms": (
+        "Feature-norm distributions per probe width and model, each divided by the model's "
+        "mean clean norm (1 = clean level): the paper's motivation asks whether small faces "
+        "get small features, and whether Ring loss holds them near R."
+    ),
+    "genuine_cosine": (
+        "Mean cosine of the genuine pairs against the probe width: how far a person's degraded "
+        "probe drifts from their clean gallery face."
+    ),
+    "training": (
+        "Each model's held-out TAR at FAR 1e-2, training accuracy and loss per epoch, from the "
+        "models' logs (training.csv); a held-out curve still rising at the last epoch says the "
+        "model was measured before its plateau."
+    ),
+    "scores": (
+        "Genuine (model colour) and impostor (grey) cosine distributions, one row per model "
+        "and one column per probe width (128-bin histograms of every pair), with the threshold "
+        "fixed on clean pairs at FAR 1e-2 dashed, d' and the share of genuine pairs that clean "
+        "threshold rejects at each width. Shrinking the probe moves the genuine scores down into "
+        "the impostors."
+    ),
+    "quality_edc": (
+        "The feature norm as a quality score. For each degraded width, that width's probes are "
+        "pooled with the clean probes; with the threshold fixed on clean pairs at FAR 1e-2, the "
+        "curve is the FNMR of the genuine pairs left after discarding the lowest-norm fraction "
+        "of probes, 0 to 50% (the error-versus-discard characteristic, EDC). Thin dashed lines "
+        "discard by the true probe width instead (the oracle). A norm that knows which faces "
+        "will fail falls as fast as its oracle; a flat curve means the norm carries no such "
+        "signal."
+    ),
+    "runs_overview": (
+        "One column per run of the study: TAR and the Ring-loss margin against the probe width "
+        "at the study's critical FAR, so the runs compare side by side."
+    ),
+    "budget": (
+        "Clean TAR and the Ring-loss margin against the training budget (epochs), per method: "
+        "a curve still rising at the largest budget has not reached its plateau."
+    ),
+    "norm_angle": (
+        "Per model and probe width: the angle between an image's feature and the direction of "
+        "its identity's other clean images, against its feature norm: does a small norm mean a "
+        "feature that has left its identity?"
+    ),
+    "features2d": (
+        "A 2-d embedding per model: the test features coloured by class, the learned R drawn "
+        "as a circle for +R models (the paper's Figure 1)."
+    ),
+}
+"""Figure stem -> how to read it (the README's "The other figures" and the studies' text)."""
+
+STUDY_FIGURES = ("runs_overview", "budget", "norm_angle", "features2d")
+"""The studies' own figures, shown after a sweep's (:data:`lowres.plots.FIGURE_STEMS`)."""
