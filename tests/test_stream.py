@@ -181,3 +181,30 @@ def test_streamed_pack_trains_the_same_weights(orl, tmp_path, monkeypatch, augme
     for name, got in weights.items():
         assert got.keys() == ref.keys()
         assert all(torch.equal(got[k], ref[k]) for k in ref), name
+
+
+def _big_batch_with_worker_memory(batch: torch.Tensor, seed: int) -> torch.Tensor:
+    """A 16 MB float batch whose first value is this worker's resident anonymous memory."""
+    out = torch.zeros(128, 3, 112, 92)
+    out += batch.float().mean()
+    with open("/proc/self/status") as fh:
+        anon = next(int(line.split()[1]) for line in fh if line.startswith("RssAnon"))
+    out.view(-1)[0] = float(anon)
+    return out
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="Linux /proc")
+def test_a_loader_worker_does_not_grow_a_batch_per_step(tmp_path):
+    """Without bounded_heap, glibc serves every batch buffer from a heap that grows by about a
+    batch per step (measured: +18 MB per step); with it the worker stays flat."""
+    images = _random_images(n=64)
+    disk = _written(tmp_path, images)
+    batches = [torch.arange(8)] * 48
+    kib = [
+        float(b.view(-1)[0])
+        for b in batch_stream(
+            disk, batches, workers=1, transform=_big_batch_with_worker_memory, seeds=[0] * 48
+        )
+    ]
+    growth_mb = (max(kib[8:]) - kib[8]) / 1024
+    assert growth_mb < 100, f"worker memory grew {growth_mb:.0f} MB over 40 batches"

@@ -16,6 +16,7 @@ file (``benchmarks/train_pipeline.py``): :func:`should_stream` decides by size.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ __all__ = [
     "DiskImages",
     "as_tensor",
     "batch_stream",
+    "bounded_heap",
     "open_images_file",
     "should_stream",
     "write_images_file",
@@ -257,6 +259,25 @@ def chunked(count: int, decode: Callable[[int], torch.Tensor], size: int = CHUNK
 # ----------------------------------------------------------------------------------------------
 
 
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter for the size above which ``malloc`` maps fresh memory."""
+
+
+def bounded_heap(_worker_id: int = 0) -> None:
+    """Loader-worker start: fix glibc's mmap threshold at 1 MiB.
+
+    glibc raises the threshold to the largest block freed, after which every batch-sized
+    buffer comes from the heap; a worker hands each batch to the training process and frees
+    it, and its heap then grows by about a batch per step (measured on this machine: +18 MB
+    per step with 128 RGB 112x112 batches, 2.2 GB after 100 steps; flat at 0.3 GB with the
+    threshold fixed). Elsewhere than glibc this does nothing.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
 class _Batches(torch.utils.data.Dataset):
     """Item ``i``: the images of batch ``i``, read (and transformed) in a loader worker."""
 
@@ -305,5 +326,6 @@ def batch_stream(
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=prefetch,
+        worker_init_fn=bounded_heap,
     )
     yield from loader
