@@ -19,6 +19,7 @@ from lowres import sweep as S
 from lowres.check import baseline_frame, check_results
 from lowres.embed import embed_many
 from lowres.errors import ConfigError, DataError
+from lowres.plots import FIGURE_STEMS, PROTOCOL_FIGURE_STEMS, plot_run
 from lowres.results import read_table
 from lowres.sweep.protocols import check_protocol, protocol_sets
 
@@ -151,6 +152,18 @@ def test_open_set_rows_and_naive_tpir(sweeps):
             expect = np.mean((ranks == 1) & (true > boundary))
             row = tpir[(tpir["model"] == "pixels") & (tpir["size_px"] == width)]
             assert row[np.isclose(row["far"], far)]["value"].item() == pytest.approx(expect)
+
+
+def test_protocol_figures(sweeps):
+    drawn = {}
+    for protocol, (config, _) in sweeps.items():
+        drawn[protocol] = {p.stem for p in plot_run(config.out) if p.suffix == ".png"}
+    assert {"rank1_vs_resolution", "cmc"} <= drawn["identification"]
+    assert "tpir_vs_resolution" not in drawn["identification"]
+    assert "tpir_vs_resolution" in drawn["open-set"]
+    assert not {"rank1_vs_resolution", "cmc"} & drawn["open-set"]
+    assert set(FIGURE_STEMS) <= drawn["identification"]
+    assert set(PROTOCOL_FIGURE_STEMS) == {"rank1_vs_resolution", "cmc", "tpir_vs_resolution"}
 
 
 def test_protocol_recorded_in_provenance(sweeps):
