@@ -166,6 +166,30 @@ def test_protocol_figures(sweeps):
     assert set(PROTOCOL_FIGURE_STEMS) == {"rank1_vs_resolution", "cmc", "tpir_vs_resolution"}
 
 
+def test_folds_pooled(tmp_path, sweeps):
+    """Two folds: pooled rows (fold -1) join both folds' probes (each searched in its own
+    fold's gallery); the rank-1 margin and the CMC sit at the pooled level."""
+    config, _ = sweeps["identification"]
+    pooled = tiny_config(
+        tmp_path / "pooled", config.model_cache, (1.0, 0.25), protocol="identification",
+        folds=(0, 1),
+    )  # fmt: skip
+    S.run_sweep(pooled)
+    table = read_table(pooled.out / "results.csv")
+    rank1 = table[table["metric"] == "rank1"]
+    for _, rows in rank1.groupby(["model", "size_px"]):
+        by_fold = rows.set_index("fold")
+        hits = (by_fold.loc[[0, 1], "value"] * by_fold.loc[[0, 1], "n_genuine"]).sum()
+        assert by_fold.loc[-1, "n_genuine"] == 72
+        assert by_fold.loc[-1, "value"] == pytest.approx(hits / 72)
+    margin = table[table["metric"] == "ring_margin_rank1"]
+    assert set(margin["fold"]) == {-1} and len(margin) == 2
+    cmc = pd.read_csv(pooled.out / "cmc.csv")
+    first = cmc[cmc["rank"] == 1].set_index(["model", "size_px"])["rate"].sort_index()
+    level = rank1[rank1["fold"] == -1].set_index(["model", "size_px"])["value"].sort_index()
+    assert np.allclose(first, level)
+
+
 def test_protocol_recorded_in_provenance(sweeps):
     for protocol, (config, _) in sweeps.items():
         prov = json.loads((config.out / "provenance.json").read_text())

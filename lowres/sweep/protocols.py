@@ -16,6 +16,10 @@ is probe, the per-cell search arrays and rows, and the assembled rows and CMC ta
   Clopper-Pearson interval, threshold and achieved FPIR (``far_achieved``); ``n_genuine`` =
   mated, ``n_impostor`` = non-mated searches.
 
+With several folds, the rows are also pooled (``fold = -1``): every fold's probes, each
+searched in its own fold's gallery, counted together; the rank-1 margins and ``cmc.csv`` are
+read at that level (one fold's, or the pooled one).
+
 The gallery holds the clean features with ``pairing="probe"`` (the degraded ones with
 ``"both"``); probes are degraded. Verification rows are computed for every protocol as before.
 """
