@@ -17,6 +17,7 @@ import torch
 from tiny_sweep import cli, tiny_config
 
 from lowres import sweep as S
+from lowres.cells import cell_key, describe_difference, settings_fingerprint
 from lowres.check import baseline_frame, check_results
 from lowres.embed import embed_many
 from lowres.errors import ConfigError, DataError
@@ -64,6 +65,36 @@ def _pixel_features(config) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         f = emb.features.double().numpy()
         feats[size] = f / np.linalg.norm(f, axis=1, keepdims=True)
     return test.labels.numpy().astype(np.int64), feats
+
+
+def test_protocol_sets_rules():
+    labels = np.array([2, 0, 2, 1, 0, 2, 3, 3, 1, 4])
+    ident = protocol_sets(labels, "identification")
+    assert ident.gallery.tolist() == [0, 1, 3, 6, 9]  # first image of each identity
+    assert ident.probes.tolist() == [2, 4, 5, 7, 8] and ident.nonmated.size == 0
+    open_set = protocol_sets(labels, "open-set")
+    enrolled = set(labels[open_set.gallery].tolist())
+    assert len(enrolled) == 2  # half of 5 identities, rounded down
+    assert set(labels[open_set.probes].tolist()) <= enrolled
+    assert not set(labels[open_set.nonmated].tolist()) & enrolled
+    together = np.sort(np.r_[open_set.gallery, open_set.probes, open_set.nonmated])
+    assert together.tolist() == list(range(labels.size))
+    again = protocol_sets(labels, "open-set")  # fixed seed: the same split every time
+    assert again.gallery.tolist() == open_set.gallery.tolist()
+
+
+def test_verification_keys_unchanged():
+    base = dict(data="synth", preset=None, pairing="probe", degrade_hash="0" * 12)
+    plain = settings_fingerprint(**base, seeds=[0], folds=[0])
+    assert settings_fingerprint(**base, seeds=[0], folds=[0], protocol="verification") == plain
+    assert "protocol" not in plain
+    ident = settings_fingerprint(**base, seeds=[0], folds=[0], protocol="identification")
+    assert ident == {**plain, "protocol": "identification"}
+    cell = dict(data_digest="d", model="SM", model_hash="h", scale=1.0, size_px=24, fold=0)
+    cell |= dict(seed=0, fars=[1e-2])
+    assert "protocol" not in cell_key(fingerprint=plain, **cell)
+    assert cell_key(fingerprint=ident, **cell)["protocol"] == "identification"
+    assert "protocol: 'identification' -> 'verification'" in describe_difference(ident, plain)
 
 
 def _naive(labels, clean, probe, sets):
