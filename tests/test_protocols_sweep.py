@@ -151,6 +151,13 @@ def test_identification_rank1_matches_naive_pixels(sweeps):
         assert at["rank5"] == pytest.approx(np.mean(ranks <= 5), abs=1e-12)
 
 
+def test_terminal_summary(sweeps):
+    _, table = sweeps["identification"]
+    text = S.format_summary(table, 1e-2)
+    assert "rank-1 identification rate" in text and "24px" in text.split("rank-1")[1]
+    assert "rank-1" not in S.format_summary(table[table["metric"] != "rank1"], 1e-2)
+
+
 def test_cmc_table(sweeps):
     config, table = sweeps["identification"]
     cmc = pd.read_csv(config.out / "cmc.csv")
@@ -250,6 +257,7 @@ def test_cli_protocol_open_set(tmp_path, sweeps):
     args += ["--model-cache", str(config.model_cache), "--no-plot", "--out", str(out)]
     result = cli([*args, "--protocol", "open-set"])
     assert result.exit_code == 0, result.output
+    assert "TPIR at FPIR 0.01 (open set" in result.output
     mine = read_table(out / "results.csv")
     pick = ["model", "size_px", "far", "value", "threshold", "far_achieved"]
     expect = table[table["metric"] == "tpir"][pick].reset_index(drop=True)
