@@ -74,10 +74,20 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def settings_fingerprint(
-    *, data: str, preset: str | None, pairing: str, degrade_hash: str, seeds, folds
+    *,
+    data: str,
+    preset: str | None,
+    pairing: str,
+    degrade_hash: str,
+    seeds,
+    folds,
+    protocol: str = "verification",
 ) -> dict[str, Any]:
-    """The settings a sweep folder is bound to; a rerun with other values is refused."""
-    return {
+    """The settings a sweep folder is bound to; a rerun with other values is refused. The
+    protocol is named only when it is not ``verification`` (verification folders keep the
+    fingerprint, and so the cell names, they always had)."""
+    extra = {} if protocol == "verification" else {"protocol": protocol}
+    return extra | {
         "format": SWEEP_FORMAT,
         "data": str(data),
         "preset": preset,
@@ -93,6 +103,7 @@ _OWN_OUTPUTS = (
     "roc.csv",
     "norms.csv",
     "scores.csv",
+    "cmc.csv",
     "provenance.json",
     CELLS_DIR,
     "figures",
@@ -236,8 +247,11 @@ def describe_difference(old: Any, new: dict[str, Any]) -> str:
     """``"key: old -> new, ..."`` for the settings that differ (for refusal messages)."""
     if not isinstance(old, dict):
         return "unreadable provenance.json"
-    keys = [k for k in new if old.get(k) != new[k]]
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in keys) or "different format"
+    keys = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
+    return (
+        ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k, 'verification')!r}" for k in keys)
+        or "different format"
+    )
 
 
 def slug(text: str) -> str:
@@ -278,7 +292,7 @@ def cell_key(
         "fold": int(fold),
         "seed": int(seed),
         "fars": [repr(float(f)) for f in fars],
-    }
+    } | ({"protocol": fingerprint["protocol"]} if "protocol" in fingerprint else {})
 
 
 def cell_stem(key: dict[str, Any]) -> str:

@@ -53,7 +53,13 @@ Row kinds, by metric (direction for ``lowres check`` in brackets: + higher is be
   pooled with the clean probes, with a bootstrap interval over identities;
   ``edc_pauc20_oracle``: the same discarding by true width; ``norm_auc``: P(a clean probe's
   norm > a probe's of this width); per model ``norm_width_spearman``: Spearman's rho of
-  relative norm and probe width over every probe (scale empty).
+  relative norm and probe width over every probe (scale empty);
+* identification protocols (``lowres sweep --protocol``, :mod:`lowres.sweep.protocols`), per
+  cell and, with several folds, pooled: ``rank1`` [+], ``rank5`` [+], ``rank10`` [+]
+  (closed set; Clopper-Pearson interval, ``n_genuine`` = probes, ``n_impostor`` empty),
+  ``tpir`` [+] (open set, per FPIR target in ``far``; ``far_achieved`` = achieved FPIR,
+  ``n_genuine`` / ``n_impostor`` = mated / non-mated searches); ``ring_margin_rank1`` (per +R
+  model and scale): rank-1 minus the reference's with a paired bootstrap over identities.
 
 Everything a reader needs to reproduce a number sits in ``provenance.json`` beside the table.
 Writes go to a temporary file in the same folder and are moved into place with ``os.replace``,
@@ -119,7 +125,19 @@ KEY_COLUMNS: tuple[str, ...] = (
 """Columns that identify a row; ``lowres check`` joins a table and a baseline on these."""
 
 HIGHER_IS_BETTER = frozenset(
-    {"tar", "tar_mean", "auc", "dprime", "accuracy", "genuine_cos_mean", "resolution_auc"}
+    {
+        "tar",
+        "tar_mean",
+        "auc",
+        "dprime",
+        "accuracy",
+        "genuine_cos_mean",
+        "resolution_auc",
+        "rank1",
+        "rank5",
+        "rank10",
+        "tpir",
+    }
 )
 LOWER_IS_BETTER = frozenset({"eer", "critical_size_px", "edc_pauc20"})
 METRICS = (
@@ -146,6 +164,11 @@ METRICS = (
     "edc_pauc20_oracle",
     "norm_auc",
     "norm_width_spearman",
+    "rank1",
+    "rank5",
+    "rank10",
+    "tpir",
+    "ring_margin_rank1",
 )
 
 _INT_COLUMNS = ("size_px", "fold", "seed", "n_genuine", "n_impostor")

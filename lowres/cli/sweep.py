@@ -79,6 +79,14 @@ def _bad(ctx, name: str, exc: Exception):
     help="probe: clean gallery vs degraded probe; both: both images degraded.",
 )
 @click.option(
+    "--protocol",
+    default="verification",
+    show_default=True,
+    help="verification: pairs (TAR@FAR); identification: closed-set search of each identity's "
+    "first image as gallery (rank-1/5/10, CMC); open-set: half the identities enrolled, TPIR "
+    "at FPIR = each --far.",
+)
+@click.option(
     "--far", "fars", default="1e-3,1e-2,1e-1", show_default=True, help="Target false-accept rates."
 )
 @click.option(
@@ -267,6 +275,7 @@ def _sweep_config(ctx, opts):
         preset=opts["preset"],
         degrade=opts["degrade_text"],
         pairing=opts["pairing"],
+        protocol=opts["protocol"],
         folds=(
             _parsed(ctx, "folds", S.parse_int_list, folds, "--folds")
             if folds is not None

@@ -24,6 +24,11 @@ atomically as PNG and PDF into ``RUN/figures/``.
 8. ``quality_edc`` (from ``quality.csv``): the feature norm as a quality score, error versus
    discard.
 
+``lowres sweep --protocol`` adds (:mod:`~lowres.plots.protocols`, only where the rows exist):
+``rank1_vs_resolution`` (rank-1/5/10 vs face width with Clopper-Pearson bands) and ``cmc``
+(from ``cmc.csv``: one panel per width, one curve per model) for ``identification``;
+``tpir_vs_resolution`` (TPIR vs face width, one panel per FPIR target) for ``open-set``.
+
 How to read each one, as ``lowres report`` captions it: :data:`lowres.report.FIGURE_CAPTIONS`.
 
 Matplotlib's object API is used (no pyplot, no global backend or style change), so plotting
@@ -31,6 +36,12 @@ works headless and inside other programs. Several seeds are averaged
 (:func:`lowres.results.primary_rows`).
 """
 
+from lowres.plots.protocols import (
+    PROTOCOL_FIGURE_STEMS,
+    figure_cmc,
+    figure_rank_vs_resolution,
+    figure_tpir_vs_resolution,
+)
 from lowres.plots.study import (
     BUDGET_LABEL,
     budget_table,
@@ -60,18 +71,22 @@ __all__ = [
     "BUDGET_LABEL",
     "FIGURES_DIR",
     "FIGURE_STEMS",
+    "PROTOCOL_FIGURE_STEMS",
     "X_LABEL",
     "budget_table",
     "figure_budget",
+    "figure_cmc",
     "figure_features2d",
     "figure_genuine_cosine",
     "figure_norm_angle",
     "figure_norms",
+    "figure_rank_vs_resolution",
     "figure_ring_margin",
     "figure_roc",
     "figure_runs",
     "figure_scores",
     "figure_tar_vs_resolution",
+    "figure_tpir_vs_resolution",
     "figure_training",
     "figures_current",
     "model_styles",

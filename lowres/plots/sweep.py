@@ -14,6 +14,11 @@ import pandas as pd
 
 from lowres.errors import ResultsError
 from lowres.files import atomic_write_text
+from lowres.plots.protocols import (
+    figure_cmc,
+    figure_rank_vs_resolution,
+    figure_tpir_vs_resolution,
+)
 from lowres.plots.style import (
     FIGURES_DIR,
     X_LABEL,
@@ -429,8 +434,10 @@ def plot_tables(
     scores: pd.DataFrame | None = None,
     training: pd.DataFrame | None = None,
     quality: pd.DataFrame | None = None,
+    cmc: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """Draw every figure the given tables allow into ``out_dir``; returns the written files."""
+    """Draw every figure the given tables allow into ``out_dir``; returns the written files
+    (the identification figures only where the table holds their rows)."""
     import seaborn as sns
 
     out_dir = Path(out_dir)
@@ -454,6 +461,10 @@ def plot_tables(
             figures.append(("training", figure_training(training, styles)))
         if quality is not None and not quality.empty:
             figures.append(("quality_edc", figure_quality_edc(quality, styles, cap)))
+        figures.append(("rank1_vs_resolution", figure_rank_vs_resolution(prim, styles)))
+        if cmc is not None and not cmc.empty:
+            figures.append(("cmc", figure_cmc(cmc, styles, cap)))
+        figures.append(("tpir_vs_resolution", figure_tpir_vs_resolution(prim, styles)))
         for stem, fig in figures:
             if fig is not None:
                 written += save_figure(fig, out_dir, stem)
@@ -480,7 +491,8 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
     """Figures of a sweep folder into ``RUN/figures/`` (PNG + PDF).
 
     The figures are redrawn only when the tables they come from changed (a digest of
-    ``results.csv``, ``roc.csv``, ``norms.csv`` and ``scores.csv`` is kept beside them) or
+    ``results.csv``, ``roc.csv``, ``norms.csv``, ``scores.csv`` and, for identification,
+    ``cmc.csv`` is kept beside them) or
     ``force`` is set,
     so rerunning a finished sweep costs no drawing time.
 
@@ -508,8 +520,16 @@ def plot_run(run_dir: str | os.PathLike, *, force: bool = False) -> list[Path]:
     )
     training = read_training(run_dir / TRAINING_FILE)
     quality = _read_optional(run_dir / "quality.csv", ("model", "size_px", "quality", "fnmr"))
+    cmc = _read_optional(run_dir / "cmc.csv", ("model", "size_px", "rank", "rate"))
     written = plot_tables(
-        table, out_dir, roc=roc, norms=norms, scores=scores, training=training, quality=quality
+        table,
+        out_dir,
+        roc=roc,
+        norms=norms,
+        scores=scores,
+        training=training,
+        quality=quality,
+        cmc=cmc,
     )
 
     atomic_write_text(digest_path, digest)
@@ -523,6 +543,9 @@ def tables_digest(run_dir: str | os.PathLike) -> str:
     for name in ("results.csv", "roc.csv", "norms.csv", "scores.csv", "quality.csv", TRAINING_FILE):
         path = Path(run_dir) / name
         digest.update(path.read_bytes() if path.is_file() else b"-")
+    cmc = Path(run_dir) / "cmc.csv"
+    if cmc.is_file():  # identification sweeps only: a verification digest stays as it was
+        digest.update(cmc.read_bytes())
     return digest.hexdigest()
 
 

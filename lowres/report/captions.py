@@ -52,6 +52,22 @@ FIGURE_CAPTIONS: dict[str, str] = {
         "will fail falls as fast as its oracle; a flat curve means the norm carries no such "
         "signal."
     ),
+    "rank1_vs_resolution": (
+        "Closed-set identification (--protocol identification): each identity's first test "
+        "image is the clean gallery, its other images are degraded probes searched against the "
+        "whole gallery. One panel per rank k: the share of probes whose identity is among the "
+        "top k, ties counted against the probe; bands are 95% Clopper-Pearson intervals."
+    ),
+    "cmc": (
+        "Cumulative match characteristic, one panel per probe width: the share of probes whose "
+        "identity is within the top k gallery identities, against k (log axis)."
+    ),
+    "tpir_vs_resolution": (
+        "Open-set identification (--protocol open-set): half the test identities are enrolled "
+        "(first image as gallery); the others' images are non-mated searches. One panel per "
+        "FPIR target: the share of mated searches whose mate is at rank 1 above the threshold "
+        "that keeps the non-mated alarm rate at most the target; 95% Clopper-Pearson bands."
+    ),
     "runs_overview": (
         "One column per run of the study: TAR and the Ring-loss margin against the probe width "
         "at the study's critical FAR, so the runs compare side by side."

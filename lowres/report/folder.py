@@ -20,7 +20,7 @@ import pandas as pd
 
 from lowres.cells import SHARD_MANIFEST
 from lowres.errors import ResultsError
-from lowres.plots import FIGURE_STEMS, FIGURES_DIR, figures_current
+from lowres.plots import FIGURE_STEMS, FIGURES_DIR, PROTOCOL_FIGURE_STEMS, figures_current
 from lowres.report.captions import STUDY_FIGURES
 from lowres.results import read_table
 from lowres.training_logs import TRAINING_FILE, read_training
@@ -156,7 +156,7 @@ def _figures(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     found = {p.stem: p for p in sorted(folder.glob("*.png")) if p.is_file()}
-    order = [s for s in (*FIGURE_STEMS, *STUDY_FIGURES) if s in found]
+    order = [s for s in (*FIGURE_STEMS, *PROTOCOL_FIGURE_STEMS, *STUDY_FIGURES) if s in found]
     order += sorted(set(found) - set(order))
     return {stem: found[stem] for stem in order}
 

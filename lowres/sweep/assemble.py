@@ -40,6 +40,13 @@ from lowres.results import (
 )
 from lowres.sweep.config import SweepConfig
 from lowres.sweep.models import ModelEntry, base_of, model_details
+from lowres.sweep.protocols import (
+    OPEN_SET_SEED,
+    RANKS,
+    cmc_frame,
+    pooled_protocol_rows,
+    rank1_margin_rows,
+)
 from lowres.sweep.quality import quality_outputs
 
 log = logging.getLogger("lowres.sweep")
@@ -50,7 +57,7 @@ Grid = Sequence[tuple[float, int]]
 def table_provenance(model_info, grid, fars, config: SweepConfig) -> dict[str, Any]:
     """The provenance entries that describe the table's rows (shared by sweep and merge); each
     model with how it came to be (:func:`lowres.sweep.models.model_details`)."""
-    return {
+    return ({} if config.protocol == "verification" else _protocol_provenance(config)) | {
         "models": {
             name: {"kind": e.kind, "method": e.method, "source": e.source}
             | model_details(e, config)
@@ -61,6 +68,20 @@ def table_provenance(model_info, grid, fars, config: SweepConfig) -> dict[str, A
         "critical": {"tar": config.critical_tar, "far": config.critical_far},
         "bootstrap": {"replicates": config.n_boot, "seed": config.boot_seed, "level": 0.95},
     }
+
+
+def _protocol_provenance(config: SweepConfig) -> dict[str, Any]:
+    """The identification protocol of a sweep, for its provenance (none for verification)."""
+    rules = {
+        "gallery": "first image (index order) of each enrolled identity",
+        "ties": "pessimistic (rank = 1 + #other identities scoring >= the true one)",
+    }
+    if config.protocol == "identification":
+        rules["ranks"] = list(RANKS)
+    else:
+        rules["enrolled"] = f"half the test identities, seed {OPEN_SET_SEED}"
+        rules["fpir_targets"] = list(config.fars)
+    return {"protocol": {"name": config.protocol, **rules}}
 
 
 def assemble_outputs(
@@ -82,6 +103,8 @@ def assemble_outputs(
     atomic_write_csv(out / "norms.csv", norms_frame)
     atomic_write_csv(out / "scores.csv", scores_frame)
     atomic_write_csv(out / "quality.csv", edc_frame)
+    if config.protocol == "identification":
+        atomic_write_csv(out / "cmc.csv", cmc_frame(store, model_info, grid, folds, seeds, context))
     timings["assemble"] = (
         time.perf_counter() - t0 - timings.get("bootstrap", 0.0) - timings.get("quality", 0.0)
     )
@@ -337,8 +360,29 @@ def assemble(
     )  # fmt: skip
     timings["quality"] = time.perf_counter() - t0
     parts = [table, to_frame(summary), to_frame(extra), to_frame(quality)]
+    if config.protocol != "verification":
+        parts.append(
+            to_frame(_protocol_extra(store, model_info, grid, folds, seeds, fars, context, config))
+        )
     table = sort_table(normalise(pd.concat(parts, ignore_index=True)))
     return (table, *_side_frames(levels, model_info, grid, seeds, context), edc_frame)
+
+
+def _protocol_extra(store, model_info, grid, folds, seeds, fars, context, config) -> list:
+    """The identification protocol's assembled rows: pooled over folds (several folds) and the
+    rank-1 Ring margins (``identification``)."""
+    rows = []
+    if len(folds) > 1:
+        rows += pooled_protocol_rows(
+            store, model_info, grid, folds, seeds, fars, context, config.protocol
+        )
+    if config.protocol == "identification":
+        pairs = [(n, b) for n in sorted(model_info) if (b := ring_base(n, model_info)) is not None]
+        level_fold = POOLED if len(folds) > 1 else folds[0]
+        rows += rank1_margin_rows(
+            store, pairs, model_info, grid, folds, seeds, level_fold, context, config
+        )
+    return rows
 
 
 class Bootstraps:

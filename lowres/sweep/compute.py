@@ -19,6 +19,7 @@ from lowres.errors import ConfigError
 from lowres.progress import Stage
 from lowres.sweep.config import MAX_PAIRS, SweepConfig
 from lowres.sweep.models import Prepared
+from lowres.sweep.protocols import protocol_cell
 
 log = logging.getLogger("lowres.sweep")
 
@@ -137,7 +138,8 @@ def _embedder(unit: Unit, images: torch.Tensor, device, timings: dict[str, float
 
 def _write_one(unit: Unit, store: CellStore, name: str, scale: float, gallery, probe, protocol):
     """Score one model at one scale from its gallery and probe features and write the cell;
-    returns its table rows."""
+    returns its table rows. An identification protocol adds its search arrays and rows
+    (:func:`lowres.sweep.protocols.protocol_cell`); a verification cell is as it always was."""
     idx_a, idx_b, issame, pair_folds = protocol
     t0 = time.perf_counter()
     # Metrics are computed from the float32 scores stored in the cell, the same numbers
@@ -173,6 +175,11 @@ def _write_one(unit: Unit, store: CellStore, name: str, scale: float, gallery, p
         pair_folds=pair_folds if fixed else np.zeros(0, np.int64),
         **{f"flag_{k}": v for k, v in flags.items()},
     )
+    id_arrays, id_rows = protocol_cell(
+        unit.config.protocol, arrays["labels"], gallery.features, probe.features, unit.fars
+    )
+    arrays.update(id_arrays)
+    rows = rows + id_rows
     store.write(
         unit.index(name, scale),
         unit.keys[(name, scale)],

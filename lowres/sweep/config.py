@@ -68,6 +68,8 @@ class SweepConfig:
         preset: dataset preset (e.g. synth size), None for the dataset's default.
         degrade: degradation chain in :func:`lowres.degrade.parse_degrade` form; None = default.
         pairing: ``"probe"`` (clean gallery vs degraded probe) or ``"both"``.
+        protocol: ``"verification"`` (pairs), ``"identification"`` (closed-set rank-k) or
+            ``"open-set"`` (TPIR at FPIR): see :mod:`lowres.sweep.protocols`.
         fars: target FARs in (0, 1).
         folds, seeds: identity-disjoint test folds and seeds (training + degradation noise).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
@@ -103,6 +105,7 @@ class SweepConfig:
     preset: str | None = None
     degrade: str | None = None
     pairing: str = "probe"
+    protocol: str = "verification"
     fars: tuple[float, ...] = DEFAULT_FARS
     folds: tuple[int, ...] = (0,)
     seeds: tuple[int, ...] = (0,)

@@ -41,6 +41,7 @@ from lowres.sweep.models import (
     resolve_models,
     training_workers,
 )
+from lowres.sweep.protocols import check_protocol, check_protocol_name
 from lowres.training_logs import TRAINING_FILE, training_frame, write_training
 
 log = logging.getLogger("lowres.sweep")
@@ -79,6 +80,7 @@ def _check_settings(config: SweepConfig) -> tuple[float, ...]:
     and FARs (returned validated)."""
     if config.pairing not in PAIRINGS:
         raise ConfigError(f"pairing {config.pairing!r} is not one of {', '.join(PAIRINGS)}")
+    check_protocol_name(config.protocol)
     if int(config.batch_size) < 1:
         raise ConfigError(f"batch size must be >= 1, got {config.batch_size}")
     device_name(config.device)  # an unknown or absent device fails before the folder exists
@@ -115,6 +117,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
     tests = {f: sweep_test_split(config, f) for f in folds}
     for fold, test in tests.items():
         check_pairs(test, fold)
+        check_protocol(test, fold, config.protocol)
     check_training_data(config)
     fingerprint = settings_fingerprint(
         data=config.data,
@@ -123,6 +126,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
         degrade_hash=chain.hash(),
         seeds=seeds,
         folds=folds,
+        protocol=config.protocol,
     )
     grid = probe_grid(config, tests[folds[0]].image_size[1])
     return Plan(config, entries, folds, seeds, fars, shard, owners, chain, tests, grid, fingerprint)

@@ -1,5 +1,6 @@
 """The sweep's summary for the terminal: TAR at one FAR per model and probe width, with the
-resolution AUC, the critical width and the norm's quality signal."""
+resolution AUC, the critical width and the norm's quality signal; with ``--protocol``, rank-1
+or TPIR per model and width below it."""
 
 from __future__ import annotations
 
@@ -64,4 +65,25 @@ def format_summary(table: pd.DataFrame, far: float = 1e-2, critical: dict | None
     return (
         f"TAR at FAR {wide.attrs['far']:g} by probe face width; res_AUC: mean TAR over log2 width"
         f"{crit}{quality}\n{text}"
-    )
+    ) + _protocol_summary(table, far)
+
+
+def _protocol_summary(table: pd.DataFrame, far: float) -> str:
+    """Rank-1 (identification) or TPIR at the FPIR nearest ``far`` (open set) per model and
+    width, as text after the TAR table; empty for a verification sweep."""
+    prim = primary_rows(table)
+    rows = prim[prim["metric"] == "rank1"]
+    title = "rank-1 identification rate (closed set, pessimistic ties)"
+    if rows.empty:
+        rows = prim[prim["metric"] == "tpir"]
+        if rows.empty:
+            return ""
+        fpirs = sorted(rows["far"].unique())
+        fpir = min(fpirs, key=lambda f: abs(math.log10(f) - math.log10(far)))
+        rows = rows[np.isclose(rows["far"], fpir)]
+        title = f"TPIR at FPIR {fpir:g} (open set, half the identities enrolled)"
+    wide = rows.pivot_table(index="model", columns="size_px", values="value", aggfunc="mean")
+    wide = wide[sorted(wide.columns, reverse=True)]
+    wide.columns = [f"{int(c)}px" for c in wide.columns]
+    text = wide.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-")
+    return f"\n\n{title} by probe face width\n{text}"

@@ -1,0 +1,108 @@
+"""The figures of a sweep's identification protocols (``lowres sweep --protocol``), drawn only
+when the table holds their rows: ``rank1_vs_resolution`` and ``cmc`` (closed set),
+``tpir_vs_resolution`` (open set)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from lowres.plots.style import (
+    caption,
+    draw_curves,
+    fmt_far,
+    log2_size_axis,
+    model_legend,
+    model_line,
+    new_figure,
+)
+
+PROTOCOL_FIGURE_STEMS = ("rank1_vs_resolution", "cmc", "tpir_vs_resolution")
+"""Figures a sweep draws only with ``--protocol identification`` / ``open-set``."""
+
+RANK_METRICS = ("rank1", "rank5", "rank10")
+
+
+def figure_rank_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
+    """Rank-k identification rate vs probe width, one panel per k (rank-1 first), with
+    Clopper-Pearson bands; None without rank rows."""
+    metrics = [m for m in RANK_METRICS if (prim["metric"] == m).any()]
+    if not metrics:
+        return None
+    fig, axes = new_figure(len(metrics))
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        sub = prim[prim["metric"] == metric]
+        draw_curves(ax, sub, styles)
+        n = int(sub["n_genuine"].max()) if sub["n_genuine"].notna().any() else 0
+        ax.set_title(f"rank {metric[len('rank') :]}  ({n} probes)", fontsize=10)
+        log2_size_axis(ax, sub["size_px"].dropna().astype(int).unique())
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("identification rate")
+    model_legend(fig, axes, styles)
+    fig.suptitle(
+        "Closed-set identification vs probe resolution\n(clean gallery: each identity's first "
+        "image; pessimistic ties; bands: 95% Clopper-Pearson)\n" + caption(prim),
+        fontsize=10,
+    )
+    return fig
+
+
+def figure_cmc(cmc: pd.DataFrame, styles: dict[str, dict], cap: str = ""):
+    """CMC curves from ``cmc.csv`` (averaged over seeds): one panel per probe width, one curve
+    per model; None when the table is empty."""
+    if cmc.empty:
+        return None
+    cmc = cmc.groupby(["model", "size_px", "rank"], as_index=False)["rate"].mean()
+    sizes = sorted(cmc["size_px"].unique(), reverse=True)
+    ncols = min(len(sizes), 3)
+    nrows = math.ceil(len(sizes) / ncols)
+    fig, axes = new_figure(ncols, nrows, panel=(3.8, 3.2))
+    for i, ax in enumerate(axes.flat):
+        if i >= len(sizes):
+            ax.set_visible(False)
+            continue
+        sub = cmc[cmc["size_px"] == sizes[i]]
+        for model, g in sub.groupby("model"):
+            if model in styles:
+                g = g.sort_values("rank")
+                model_line(ax, g["rank"].to_numpy(float), g["rate"], styles[model])
+        ax.set_xscale("log")
+        ax.set_title(f"{int(sizes[i])} px", fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel("rank")
+    for row in axes:
+        row[0].set_ylabel("identification rate (rank <= k)")
+    model_legend(fig, axes, styles)
+    fig.suptitle("Cumulative match characteristic per probe width\n" + cap, fontsize=10)
+    return fig
+
+
+def figure_tpir_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
+    """Open-set TPIR vs probe width, one panel per FPIR target, with Clopper-Pearson bands;
+    None without ``tpir`` rows."""
+    tpir = prim[prim["metric"] == "tpir"]
+    if tpir.empty:
+        return None
+    fpirs = sorted(tpir["far"].unique())
+    fig, axes = new_figure(len(fpirs))
+    for ax, fpir in zip(axes[0], fpirs, strict=True):
+        sub = tpir[np.isclose(tpir["far"], fpir)]
+        draw_curves(ax, sub, styles)
+        title = f"FPIR = {fmt_far(fpir)}"
+        if bool(sub["flagged"].fillna(False).any()):
+            n = int(sub["n_impostor"].max())
+            title += f"  (below 1/{n} non-mated: FPIR-0 point)"
+        ax.set_title(title, fontsize=10)
+        log2_size_axis(ax, sub["size_px"].dropna().astype(int).unique())
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("true-positive identification rate (TPIR)")
+    model_legend(fig, axes, styles)
+    fig.suptitle(
+        "Open-set identification vs probe resolution\n(half the identities enrolled; bands: "
+        "95% Clopper-Pearson)\n" + caption(prim),
+        fontsize=10,
+    )
+    return fig
