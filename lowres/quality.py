@@ -81,7 +81,10 @@ def probe_errors(
         labels: (N,) identity of each image.
         threshold: the clean threshold.
     """
-    scores, issame, probe = np.asarray(scores), np.asarray(issame, bool), np.asarray(probe)
+    # float64: a float32 array would compare with the threshold rounded to float32, and a
+    # threshold just above a tied score (tar_at_far's nextafter) would round back onto it.
+    scores = np.asarray(scores, dtype=np.float64)
+    issame, probe = np.asarray(issame, bool), np.asarray(probe)
     n = int(np.asarray(labels).size)
     gen = probe[issame]
     rejected = probe[issame & (scores < threshold)]

@@ -151,3 +151,18 @@ def test_bad_input_is_one_line():
         edc(np.zeros(4), errors, [0.5, 1.0])
     with pytest.raises(ConfigError, match="norm AUC needs"):
         norm_auc(np.zeros(0), np.ones(3))
+
+
+def test_a_threshold_just_above_tied_float32_scores_rejects_them():
+    """Collapsed features score 1.0 everywhere: tar_at_far puts the threshold at the next
+    float64 above 1, and every genuine pair must count as rejected (FNMR 1), not accepted."""
+    from lowres.metrics import tar_at_far
+
+    labels = np.repeat(np.arange(4), 3)
+    a, b = np.triu_indices(labels.size, k=1)
+    scores = np.ones(a.size, dtype=np.float32)
+    issame = labels[a] == labels[b]
+    t = tar_at_far(scores, issame, 1e-2).threshold
+    got = probe_errors(scores, issame, b, labels, t)
+    assert got.rejected.sum() == got.genuine.sum() == issame.sum()
+    assert edc(np.ones(labels.size), got)[0] == 1.0
