@@ -131,13 +131,14 @@ def header_facts(view: SweepFolder, level: Level) -> str:
     ]
     if prov.get("inference"):
         inf = prov["inference"]
-        items.append(
-            (
-                "inference",
-                f"{esc(inf.get('device', '?'))}, {esc(inf.get('images_per_s', '?'))} images/s "
-                f"({esc(inf.get('model_images_per_s', '?'))} model-images/s)",
+        if inf.get("images_per_s") is None:  # every cell reused: nothing was embedded
+            speed = "nothing embedded in this run (every cell reused)"
+        else:
+            speed = (
+                f"{esc(inf['images_per_s'])} images/s "
+                f"({esc(inf.get('model_images_per_s', '?'))} model-images/s)"
             )
-        )
+        items.append(("inference", f"{esc(inf.get('device', '?'))}, {speed}"))
     if prov.get("shards"):
         items.append(("shards", f"merged from {len(prov['shards'])} shard folders"))
     return facts(items)
