@@ -99,6 +99,15 @@ log = logging.getLogger("lowres.train")
 STATE_VERSION = 1
 
 
+def augment_for_worker(
+    batch: Tensor, seed: int, *, index_offset: int, adapter: InputAdapter | None
+) -> Tensor:
+    """A loader worker's share of a CPU step: the batched augmentation, then the input adapter
+    when one is given (what the trainer would do next, in the same order)."""
+    x = augment_batch_torch(batch, seed, index_offset=index_offset)
+    return x if adapter is None else adapt(x, adapter)
+
+
 def _pick_device(name: str, world: ddp.World) -> torch.device:
     """The configured device; under torchrun on CUDA, ``cuda:LOCAL_RANK`` (one GPU each)."""
 
@@ -480,10 +489,17 @@ def _train(  # noqa: C901
     if not config.augment and not streamed:
         images = images.to(device)
     workers = loader_workers(config, streamed)
-    # On a CPU with loader workers, the batched augmentation runs in the workers, overlapping
-    # the step (the same seeds, so the same tensors); on a GPU it runs on the device.
+    # On a CPU with loader workers, the batched augmentation (and, without resolution
+    # augmentation, the input adapter) runs in the workers, overlapping the step (the same
+    # seeds, so the same tensors; a 112x112 RGB batch also crosses to the trainer already at
+    # the net's size); on a GPU it runs on the device.
+    adapt_in_workers = not resolution
     augment_in_workers = (
-        functools.partial(augment_batch_torch, index_offset=shard_start)
+        functools.partial(
+            augment_for_worker,
+            index_offset=shard_start,
+            adapter=adapter if adapt_in_workers else None,
+        )
         if batched and device.type == "cpu" and workers > 0
         else None
     )
@@ -605,7 +621,8 @@ def _train(  # noqa: C901
                 x = random_resolution(
                     x, *resolution, degrade_spec, gen, batch_size=bs, index_offset=shard_start
                 )
-            x = adapt(x, adapter)
+            if augment_in_workers is None or not adapt_in_workers:
+                x = adapt(x, adapter)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             features, result = runner(x, y)
