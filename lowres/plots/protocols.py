@@ -4,8 +4,6 @@ when the table holds their rows: ``rank1_vs_resolution`` and ``cmc`` (closed set
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
@@ -17,6 +15,7 @@ from lowres.plots.style import (
     model_legend,
     model_line,
     new_figure,
+    width_panels,
 )
 
 PROTOCOL_FIGURE_STEMS = ("rank1_vs_resolution", "cmc", "tpir_vs_resolution")
@@ -56,13 +55,8 @@ def figure_cmc(cmc: pd.DataFrame, styles: dict[str, dict], cap: str = ""):
         return None
     cmc = cmc.groupby(["model", "size_px", "rank"], as_index=False)["rate"].mean()
     sizes = sorted(cmc["size_px"].unique(), reverse=True)
-    ncols = min(len(sizes), 3)
-    nrows = math.ceil(len(sizes) / ncols)
-    fig, axes = new_figure(ncols, nrows, panel=(3.8, 3.2))
-    for i, ax in enumerate(axes.flat):
-        if i >= len(sizes):
-            ax.set_visible(False)
-            continue
+    fig, axes, _, _ = width_panels(len(sizes))
+    for i, ax in enumerate(axes.flat[: len(sizes)]):
         sub = cmc[cmc["size_px"] == sizes[i]]
         for model, g in sub.groupby("model"):
             if model in styles:

@@ -114,6 +114,17 @@ def new_figure(ncols: int, nrows: int = 1, *, panel=(4.2, 3.4), extra_w: float =
     return fig, axes
 
 
+def width_panels(count: int, *, panel=(3.8, 3.2)):
+    """A figure of ``count`` panels, one per probe width, three to a row; the unused panels of
+    the last row hidden. Returns ``(fig, axes, ncols, nrows)``; draw on ``axes.flat[:count]``."""
+    ncols = min(count, 3)
+    nrows = math.ceil(count / ncols)
+    fig, axes = new_figure(ncols, nrows, panel=panel)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, axes, ncols, nrows
+
+
 def log2_size_axis(ax, sizes: Sequence[int]) -> None:
     """Log2 x axis ticked at the probe widths ``sizes`` (pixels), largest on the left."""
     from matplotlib.ticker import FixedLocator, NullLocator

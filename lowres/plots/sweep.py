@@ -31,6 +31,7 @@ from lowres.plots.style import (
     model_styles,
     new_figure,
     save_figure,
+    width_panels,
 )
 from lowres.results import primary_rows, read_table
 from lowres.training_logs import TRAINING_FILE, read_training
@@ -77,13 +78,8 @@ def figure_roc(roc: pd.DataFrame, styles: dict[str, dict], caption: str = ""):
     """Figure 2 from ``roc.csv`` rows (averaged over seeds)."""
     roc = roc.groupby(["model", "size_px", "far"], as_index=False)["tar"].mean()
     sizes = sorted(roc["size_px"].unique(), reverse=True)
-    ncols = min(len(sizes), 3)
-    nrows = math.ceil(len(sizes) / ncols)
-    fig, axes = new_figure(ncols, nrows, panel=(3.8, 3.2))
-    for i, ax in enumerate(axes.flat):
-        if i >= len(sizes):
-            ax.set_visible(False)
-            continue
+    fig, axes, ncols, nrows = width_panels(len(sizes))
+    for i, ax in enumerate(axes.flat[: len(sizes)]):
         size = sizes[i]
         sub = roc[roc["size_px"] == size]
         for model, g in sub.groupby("model"):
@@ -384,13 +380,8 @@ def figure_quality_edc(edc: pd.DataFrame, styles: dict[str, dict], caption: str 
     """The EDC from ``quality.csv``: one panel per degraded probe width, FNMR after discarding
     the lowest-norm probes (thick, the model's style) and by true width (thin: the oracle)."""
     sizes = sorted(edc["size_px"].unique(), reverse=True)
-    ncols = min(len(sizes), 3)
-    nrows = math.ceil(len(sizes) / ncols)
-    fig, axes = new_figure(ncols, nrows, panel=(3.8, 3.2))
-    for i, ax in enumerate(axes.flat):
-        if i >= len(sizes):
-            ax.set_visible(False)
-            continue
+    fig, axes, ncols, nrows = width_panels(len(sizes))
+    for i, ax in enumerate(axes.flat[: len(sizes)]):
         sub = edc[edc["size_px"] == sizes[i]]
         for (model, kind), g in sub.groupby(["model", "quality"]):
             st = styles.get(model)
