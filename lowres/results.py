@@ -223,6 +223,12 @@ def make_row(**fields: Any) -> dict[str, Any]:
     return row
 
 
+def stamp_rows(rows: Iterable[dict[str, Any]], **fields: Any) -> list[dict[str, Any]]:
+    """Metric rows (``metric``, ``value``, ...) as table rows with ``fields`` (dataset, model,
+    method, scale, size_px, fold, seed, ...) added to each: :func:`make_row` of each."""
+    return [make_row(**fields, **r) for r in rows]
+
+
 def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Rows -> a DataFrame with the schema's columns and dtypes.
 

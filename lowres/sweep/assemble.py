@@ -35,6 +35,7 @@ from lowres.results import (
     normalise,
     robustness_rows,
     sort_table,
+    stamp_rows,
     to_frame,
     write_table,
 )
@@ -153,19 +154,16 @@ def _cell_rows(store: CellStore, model_info, size_of, context) -> list[dict[str,
     """Every cell's own rows (per fold and seed), in cell order."""
     rows = []
     for (name, fold, seed, scale), cell in sorted(store.cells.items()):
-        for r in cell["rows"]:
-            rows.append(
-                make_row(
-                    **context,
-                    model=name,
-                    method=model_info[name].method,
-                    scale=scale,
-                    size_px=size_of[scale],
-                    fold=fold,
-                    seed=seed,
-                    **r,
-                )
-            )
+        rows += stamp_rows(
+            cell["rows"],
+            **context,
+            model=name,
+            method=model_info[name].method,
+            scale=scale,
+            size_px=size_of[scale],
+            fold=fold,
+            seed=seed,
+        )
     return rows
 
 
@@ -187,19 +185,16 @@ def _pooled_rows(levels: Levels, model_info, grid: Grid, seeds, fars, context) -
                     mrows, _ = cell_metric_rows(
                         s, same, norms, fars=fars, clean=clean_ref, flags=flags
                     )
-                for r in mrows:
-                    rows.append(
-                        make_row(
-                            **context,
-                            model=name,
-                            method=model_info[name].method,
-                            scale=scale,
-                            size_px=size,
-                            fold=POOLED,
-                            seed=seed,
-                            **r,
-                        )
-                    )
+                rows += stamp_rows(
+                    mrows,
+                    **context,
+                    model=name,
+                    method=model_info[name].method,
+                    scale=scale,
+                    size_px=size,
+                    fold=POOLED,
+                    seed=seed,
+                )
     return rows
 
 

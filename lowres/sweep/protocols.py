@@ -43,7 +43,7 @@ from lowres.identification import (
     rank_k_accuracy,
     tpir_at_fpir,
 )
-from lowres.results import POOLED, make_row
+from lowres.results import POOLED, make_row, stamp_rows
 
 PROTOCOLS = ("verification", "identification", "open-set")
 
@@ -216,19 +216,16 @@ def pooled_protocol_rows(store, model_info, grid, folds, seeds, fars, context, p
         for seed in seeds:
             for scale, size in grid:
                 arrays = level_arrays(store, name, seed, scale, folds)
-                for r in protocol_rows(protocol, arrays, fars):
-                    rows.append(
-                        make_row(
-                            **context,
-                            model=name,
-                            method=model_info[name].method,
-                            scale=scale,
-                            size_px=size,
-                            fold=POOLED,
-                            seed=seed,
-                            **r,
-                        )
-                    )
+                rows += stamp_rows(
+                    protocol_rows(protocol, arrays, fars),
+                    **context,
+                    model=name,
+                    method=model_info[name].method,
+                    scale=scale,
+                    size_px=size,
+                    fold=POOLED,
+                    seed=seed,
+                )
     return rows
 
 
