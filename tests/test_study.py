@@ -525,3 +525,39 @@ def test_external_models_in_a_study(tmp_path, monkeypatch):
     )
     with pytest.raises(ConfigError, match="is not an external model"):
         ST.load_study(_write(tmp_path, "bad", bad))
+
+
+def test_run_level_external_models(tmp_path, monkeypatch):
+    """``[[runs]] external = [...]`` adds pretrained models to that run only (after the study's
+    models, so the raw-pixel reference keeps the first model's input size); bad lists and
+    clashing labels are one-line errors."""
+    (tmp_path / "run_test_factory.py").write_text(
+        "import torch\n\n"
+        "def make(width=3):\n"
+        "    torch.manual_seed(0)\n"
+        "    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(24 * 28, width))\n"
+        "    return net, {'channels': 'grey', 'size': [28, 24], 'mean': 127.5, 'std': 128}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = "py:run_test_factory:make(width=4)"
+    base = RUNS.format(cache=tmp_path / "cache")
+    text = base.replace('seeds = [0, 1]\n', f'seeds = [0, 1]\nexternal = ["{entry}"]\n')
+    study = ST.load_study(_write(tmp_path, "runs_ext", text))
+    plain, coarse = study.runs
+    assert "external" not in plain
+    assert [m.label for m in coarse["external"]] == ["run_test_factory:make(width=4)"]
+    assert study.sweep_config(run=plain).models == tuple(m.label for m in study.models)
+    models = study.sweep_config(run=coarse).models
+    assert models[:-1] == tuple(m.label for m in study.models) and models[-1] == entry
+    labels = [m.label for m in study.run_models(coarse)]
+    assert labels[-1] == "run_test_factory:make(width=4)" and len(labels) == 5
+    bad_cases = [
+        ('external = "dlib"', "must be a non-empty list"),
+        ("external = []", "must be a non-empty list"),
+        ('external = ["SM"]', "is not an external model"),
+        (f'external = ["{entry}", "{entry}"]', "listed twice"),
+    ]
+    for line, message in bad_cases:
+        bad = base.replace('seeds = [0, 1]\n', f"seeds = [0, 1]\n{line}\n")
+        with pytest.raises(ConfigError, match=message):
+            ST.load_study(_write(tmp_path, "bad", bad))

@@ -48,6 +48,9 @@ Schema (every key is checked; an unknown section or key is a ConfigError naming 
     description = "..."
     preset = "cpu:texture_cycles=2"   # and/or data = "orl": what the run trains and tests on
     folds = [0, 1, 2, 3]        # any [sweep] key
+    external = ["dlib(size=112x92)"]  # optional: external models of this run only, after
+                                # the study's [[models]] (a real-face recognizer on ORL, not
+                                # on synth)
 
 ``lowres run FILE --set SECTION.KEY=VALUE`` (repeatable) changes a setting without editing the
 file (VALUE in TOML syntax); the overrides are kept in provenance.json.

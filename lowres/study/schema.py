@@ -61,9 +61,10 @@ _SWEEP_KEYS = tuple(
 """The [sweep] keys: every other SweepConfig field (derived, so a new sweep setting is a study
 setting at once)."""
 _TOP_KEYS = ("study", "train", "models", "evaluate", "sweep", "runs")
-# A [[runs]] entry (kind sweep): its name, a dataset and preset for training and testing, and
-# any [sweep] setting.
-_RUN_KEYS = ("name", "description", "preset", *_SWEEP_KEYS)
+# A [[runs]] entry (kind sweep): its name, a dataset and preset for training and testing, any
+# [sweep] setting, and external models for this run only (a pretrained recognizer of real faces
+# belongs beside the CNNs on a real set, not on synth).
+_RUN_KEYS = ("name", "description", "preset", "external", *_SWEEP_KEYS)
 _SET_SECTIONS = ("study", "train", "sweep", "evaluate")
 
 
@@ -130,6 +131,10 @@ class Study:
             {**item.train, "method": item.method, "fold": fold, "seed": seed}
         )
 
+    def run_models(self, run: dict | None = None) -> list[ModelItem]:
+        """The study's models, then the run's own external models (``[[runs]] external``)."""
+        return list(self.models) + list((run or {}).get("external", ()))
+
     def sweep_config(self, *, out: Path | None = None, run: dict | None = None):
         """The SweepConfig of a sweep/norms study, or of one of its ``[[runs]]``."""
         values = dict(self.sweep)
@@ -165,7 +170,7 @@ class Study:
             if overrides or m.label != m.method:
                 variants[m.label] = {"method": m.method, **overrides}
         return SweepConfig(
-            models=tuple(m.external or m.label for m in self.models),
+            models=tuple(m.external or m.label for m in self.run_models(run)),
             variants=variants or None,
             out=Path(out if out is not None else self.out),
             device=self.device,
@@ -263,7 +268,7 @@ def load_study(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Study:
     base_train = _check_keys("train", top.get("train", {}), _PER_MODEL_FIELDS)
     models = _models_section(path, top, kind, base_train)
     evaluate, sweep = _evaluate_or_sweep(path, top, kind, base_train)
-    runs = _runs_section(path, top, kind)
+    runs = _runs_section(path, top, kind, models)
     name = path.stem
     cache = study.get("model_cache")
     result = Study(
@@ -394,8 +399,27 @@ def _evaluate_or_sweep(path: Path, top: dict, kind: str, base_train: dict) -> tu
     return {}, sweep
 
 
-def _runs_section(path: Path, top: dict, kind: str) -> list[dict]:
-    """[[runs]] (kind sweep only): folder-safe unique names, valid [sweep] keys."""
+def _run_externals(run_name: str, value: Any, models: list[ModelItem]) -> list[ModelItem]:
+    """A run's ``external = ["dlib(size=112x92)", ...]``: external models for that run only,
+    each valid, their labels clashing with no study model."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            f'[runs {run_name}] external must be a non-empty list of --models entries, e.g. '
+            '["dlib(size=112x92)"]'
+        )
+    items = [_external_item(f"runs {run_name}", {"external": v}, "sweep") for v in value]
+    labels = [m.label for m in models] + [m.label for m in items]
+    dup = next((x for x in labels if labels.count(x) > 1), None)
+    if dup is not None:
+        raise ConfigError(
+            f"[runs {run_name}] external model {dup!r} is listed twice; list it once"
+        )
+    return items
+
+
+def _runs_section(path: Path, top: dict, kind: str, models: list[ModelItem]) -> list[dict]:
+    """[[runs]] (kind sweep only): folder-safe unique names, valid [sweep] keys, and valid
+    external models of the run's own."""
     if "runs" not in top:
         return []
     if kind != "sweep" or not isinstance(top["runs"], list) or not top["runs"]:
@@ -412,6 +436,8 @@ def _runs_section(path: Path, top: dict, kind: str) -> list[dict]:
         for key in ("folds", "seeds"):
             if key in entry:
                 entry[key] = _int_list(f"runs {run_name}", key, entry[key])
+        if "external" in entry:
+            entry["external"] = _run_externals(run_name, entry["external"], models)
         runs.append(entry)
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):

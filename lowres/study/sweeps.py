@@ -30,9 +30,9 @@ from lowres.sweep import format_summary, run_sweep
 log = logging.getLogger("lowres.study")
 
 
-def paper_tables(study: Study, table, heading: str = "") -> str:
-    """The paper-layout markdown of a sweep table, the study's models in its order."""
-    text = paper_table_markdown(table, models=[m.label for m in study.models])
+def paper_tables(study: Study, table, heading: str = "", run: dict | None = None) -> str:
+    """The paper-layout markdown of a sweep table, the study's (and run's) models in order."""
+    text = paper_table_markdown(table, models=[m.label for m in study.run_models(run)])
     return (f"### {heading}\n\n" if heading else "") + text
 
 
@@ -125,7 +125,7 @@ def run_runs(study: Study, out_dir: Path, workers: int, force: bool) -> StudyRes
         frame.insert(0, "run", name)
         frames.append(frame)
         heading = name + (f": {run['description']}" if run.get("description") else "")
-        texts.append(paper_tables(study, sweep.table, heading))
+        texts.append(paper_tables(study, sweep.table, heading, run))
         figures += list(sweep.figures)
         summaries.append(
             f"== run {name}\n"
