@@ -18,6 +18,7 @@ sha256 of the weights, so a weights file that does not belong to its sidecar is 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save
 from torch import nn
 
 from lowres import models
@@ -87,15 +89,11 @@ def weights_tensors(model: nn.Module, loss: nn.Module) -> dict[str, torch.Tensor
 
 def encode_weights(model: nn.Module, loss: nn.Module) -> bytes:
     """The model.safetensors file contents for a model + loss pair."""
-    from safetensors.torch import save
-
     return save(weights_tensors(model, loss), metadata={"format": SIDECAR_FORMAT})
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file (no pickle involved); CheckpointError if it is not one."""
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:
@@ -166,8 +164,6 @@ def _plain(value: Any) -> Any:
 
 def encode_state(state: Mapping[str, Any]) -> bytes:
     """Serialise a training state of plain data with torch.save."""
-    import io
-
     buffer = io.BytesIO()
     torch.save(_plain(state), buffer)
     return buffer.getvalue()

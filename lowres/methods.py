@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
+import torch
+
 from lowres.errors import ConfigError
 from lowres.losses import HEADS, REGULARISERS, MethodLoss
 
@@ -274,8 +276,6 @@ def build_loss(
     Returns:
         A ``MethodLoss`` named ``str(spec)``.
     """
-    import torch
-
     if isinstance(spec, str):
         spec = parse_method(spec)
     if not isinstance(spec, MethodSpec):

@@ -212,7 +212,7 @@ def clopper_pearson(successes: int, trials: int, level: float = 0.95) -> tuple[f
     Equals ``scipy.stats.binomtest(k, n).proportion_ci(level, method="exact")``; computed with
     the inverse regularised incomplete beta function instead of root finding.
     """
-    from scipy.special import betaincinv
+    from scipy.special import betaincinv  # here, not at the top: scipy adds 0.5 s to start-up
 
     level = _check_ci(level)
     if trials <= 0 or not 0 <= successes <= trials:

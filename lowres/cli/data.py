@@ -5,6 +5,10 @@ from __future__ import annotations
 import click
 
 from lowres.cli.group import cli
+from lowres.data import list_datasets, load_dataset
+from lowres.data.registry import get_split_labels, has_own_split, protocol_summary
+from lowres.data.synthetic import write_scale_sheet
+from lowres.files import check_writable
 
 
 @cli.group("data")
@@ -15,8 +19,6 @@ def data_group() -> None:
 @data_group.command("list")
 def data_list_cmd() -> None:
     """List builtin datasets and manifests (data_manifests/, $LOWRES_MANIFESTS)."""
-    from lowres.data import list_datasets
-
     rows = list_datasets()
     width = max(len(r["name"]) for r in rows)
     for r in rows:
@@ -57,12 +59,7 @@ def data_list_cmd() -> None:
 @click.option("--preset", default=None, help="Dataset preset (synth).")
 def data_show_cmd(name, sheet, ids, per_id, fold, seed, preset) -> None:
     """Describe dataset NAME (builtin, manifest name, path to a .toml, .bin or train.rec)."""
-    from lowres.data import load_dataset
-    from lowres.data.registry import get_split_labels, has_own_split, protocol_summary
-
     if sheet:
-        from lowres.files import check_writable
-
         check_writable(sheet, "--sheet", is_folder=False)
     ds = load_dataset(name, seed=seed, preset=preset)
     split = None
@@ -88,8 +85,6 @@ def data_show_cmd(name, sheet, ids, per_id, fold, seed, preset) -> None:
         write_contact_sheet(ds, sheet, ids=ids, per_id=per_id)
         lines.append(f"sheet       {sheet}")
         if ds.name == "synth":
-            from lowres.data.synthetic import write_scale_sheet
-
             scales = write_scale_sheet(sheet, seed=seed, fold=fold, preset=preset)
             lines.append(f"scales      {scales} (one identity at scales 1, 1/2, 1/4, 1/8, 1/16)")
     click.echo("\n".join(lines))

@@ -3,11 +3,14 @@ folders into one sweep); options parsed into a SweepConfig, usage errors naming 
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
 from lowres.cli.group import cli
+from lowres.errors import CheckpointError, ConfigError
 
 
 def _split_list(ctx, param, value):
@@ -193,8 +196,6 @@ def sweep_cmd(ctx, **opts) -> None:
 
 def _parsed(ctx, name, fn, *args):
     """``fn(*args)``, a bad value reported as click's usage error naming option ``name``."""
-    from lowres.errors import ConfigError
-
     try:
         return fn(*args)
     except (ConfigError, ValueError) as exc:
@@ -242,7 +243,6 @@ def _sweep_grid(ctx, opts) -> dict:
 def _sweep_models(ctx, opts) -> dict:
     """--models and --variant, resolved (every model checked before anything runs)."""
     from lowres import sweep as S
-    from lowres.errors import CheckpointError, ConfigError
 
     models = opts["models"]
     model_list = tuple(models) if models is not None else S.DEFAULT_MODELS
@@ -261,8 +261,6 @@ def _sweep_models(ctx, opts) -> dict:
 
 def _sweep_config(ctx, opts):
     """The SweepConfig of ``lowres sweep``'s options, every value checked."""
-    from pathlib import Path
-
     from lowres import sweep as S
 
     grid = _sweep_grid(ctx, opts)
@@ -343,8 +341,6 @@ def _report_note(out) -> str:
 )
 def merge_cmd(out, shard_dirs, force, no_plot, save_baseline) -> None:
     """Join the folders of `lowres sweep --shard I/N` runs into OUT, as one unsharded sweep."""
-    import json
-
     from lowres import sweep as S
 
     result = S.merge_shards(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import click
 
 from lowres.cli.group import cli
+from lowres.distributed import process_rank
+from lowres.external import export_torchscript
 
 
 @cli.command("train")
@@ -107,7 +109,6 @@ def train_cmd(
     Data parallel: torchrun --nproc_per_node=N -m lowres train ... (--batch-size is the
     global batch over the N processes; rank 0 writes the checkpoint).
     """
-    from lowres.distributed import process_rank
     from lowres.train import TrainConfig, load_checkpoint, train
 
     given = {
@@ -160,7 +161,5 @@ def export_cmd(ckpt_dir, out) -> None:
     The archive and OUT.adapter.json (suffix replaced) go into `lowres sweep --models` as an
     external model, next to the checkpoint itself.
     """
-    from lowres.external import export_torchscript
-
     archive, sidecar = export_torchscript(ckpt_dir, out)
     click.echo(f"wrote {archive} and {sidecar}")

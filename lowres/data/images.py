@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lowres.data.dataset import FaceDataset
 from lowres.data.stream import (
@@ -62,8 +63,6 @@ def decode_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     Raises:
         DataError: the file is missing, truncated or not an image (the message names it).
     """
-    from PIL import Image
-
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -302,8 +301,6 @@ def _peek_bytes(path: Path, channels: int | None) -> int:
     """Decoded bytes of one image, from its header (nothing is decoded); 0 if unreadable (the
     decoder then reports the file)."""
     try:
-        from PIL import Image
-
         with Image.open(path) as im:
             width, height = im.size
             c = channels or (1 if im.mode in ("1", "L", "I", "I;16", "F") else 3)

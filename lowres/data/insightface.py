@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lowres.data.dataset import FaceDataset
 from lowres.data.images import RestartInRGB, cached_image_stream, cached_images
@@ -96,8 +97,6 @@ def decode_bytes(data: bytes, channels: int | None, where: str) -> torch.Tensor:
     Raises:
         DataError: the bytes are not a decodable image of an allowed format.
     """
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data), formats=_FORMATS) as im:
             im.load()
@@ -121,8 +120,6 @@ def decode_bytes(data: bytes, channels: int | None, where: str) -> torch.Tensor:
 
 def encode_image(image: torch.Tensor, fmt: str = "png", quality: int = 95) -> bytes:
     """Encode uint8 (C, H, W), C in {1, 3}, as PNG (lossless), JPEG or BMP bytes."""
-    from PIL import Image
-
     key = fmt.lower()
     if key not in _ENCODE:
         raise DataError(f"unknown image format {fmt!r}; use one of {', '.join(_ENCODE)}")

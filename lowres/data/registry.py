@@ -21,8 +21,12 @@ import torch
 
 from lowres.data.dataset import FaceDataset
 from lowres.data.images import IMAGE_EXTENSIONS, cached_images, decode_image, load_identity_folders
+from lowres.data.insightface import load_bin, load_rec_pack
 from lowres.data.manifest import Manifest, load_manifest, require_file, require_root
+from lowres.data.mnist import load_mnist, mnist_split
+from lowres.data.orl import load_orl
 from lowres.data.protocols import identity_folds, pair_counts, read_lfw_pairs
+from lowres.data.synthetic import load_synth, split_labels
 from lowres.errors import ConfigError, DataError
 
 __all__ = [
@@ -54,45 +58,28 @@ class _Builtin:
 
 
 def _load_orl(*, seed: int, preset: str | None, cache_dir) -> FaceDataset:
-    from lowres.data.orl import load_orl
-
     return load_orl(cache_dir=cache_dir)
 
 
 def _load_mnist(*, seed: int, preset: str | None, cache_dir) -> FaceDataset:
-    from lowres.data.mnist import load_mnist
-
     return load_mnist(cache_dir=cache_dir)
-
-
-def _synth_loader() -> Callable[..., FaceDataset]:
-    try:
-        from lowres.data.synthetic import load_synth
-    except ImportError as exc:
-        raise DataError(
-            f"the synthetic face generator cannot be loaded ({exc}); reinstall lowres"
-        ) from None
-    return load_synth
 
 
 def _load_synth(*, seed: int, preset: str | None, cache_dir) -> FaceDataset:
     # A bare "synth" is the evaluation set (test block of fold 0): what a sweep scores and what
     # `lowres data show synth` draws; training code asks get_split for its identities.
-    return _synth_loader()("test", preset, seed, 0)
+    return load_synth("test", preset, seed, 0)
 
 
 def _split_synth(*, fold: int, seed: int, preset: str | None) -> tuple[FaceDataset, FaceDataset]:
-    load_synth = _synth_loader()
     return load_synth("train", preset, seed, fold), load_synth("test", preset, seed, fold)
 
 
 def _test_synth(*, fold: int, seed: int, preset: str | None) -> FaceDataset:
-    return _synth_loader()("test", preset, seed, fold)
+    return load_synth("test", preset, seed, fold)
 
 
 def _labels_synth(*, fold: int, seed: int, preset: str | None):
-    from lowres.data.synthetic import split_labels
-
     return split_labels("train", preset), split_labels("test", preset)
 
 
@@ -309,8 +296,6 @@ def _load_manifest_dataset(m: Manifest, *, seed: int, preset: str | None, cache_
     if m.kind == "pairs":
         return _load_pairs(m, cache_dir)
     if m.kind in ("insightface-bin", "recordio"):
-        from lowres.data.insightface import load_bin, load_rec_pack
-
         path = require_file(m)
         extra = {"n_folds": m.n_folds} if m.kind == "insightface-bin" else {}
         loader = load_bin if m.kind == "insightface-bin" else load_rec_pack
@@ -394,8 +379,6 @@ def split_dataset(
         train_ids, test_ids = folds[fold]
         return ds.select_identities(train_ids), ds.select_identities(test_ids)
     if ptype == "sample-split":
-        from lowres.data.mnist import mnist_split
-
         train_idx, test_idx = mnist_split(ds.labels, fold)
         return ds.subset(train_idx), ds.subset(test_idx)
     if ptype == "lfw-pairs" and ds.pairs is not None and ds.pairs.idx_a is not None:

@@ -39,6 +39,8 @@ def build_augmentation() -> Any:
     synth; the batched backend (:func:`augment_batch_torch`) is the default for that reason
     (``benchmarks/augment.py``). Seeding each image costs 0.08 ms.
     """
+    # Imported here: albumentations adds 1.0 s to start-up (2-core machine) and only the
+    # per-image backend uses it; its update check must be off before the import.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
     import cv2

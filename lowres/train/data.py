@@ -19,8 +19,6 @@ from lowres.train.config import TrainConfig, mix_seed
 
 def load_split(config: TrainConfig) -> tuple[Any, Any]:
     """(train, held-out) sets; with ``train_split="all"`` the held-out set is empty."""
-    import torch
-
     if config.train_split == "all":
         if has_own_split(config.data):
             train = get_split(config.data, fold=0, seed=config.split_seed, preset=config.preset)[0]

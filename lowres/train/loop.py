@@ -47,7 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from lowres import distributed as ddp
 from lowres import models
@@ -135,8 +137,6 @@ def _join_group(world: ddp.World, device: torch.device) -> bool:
     Returns:
         True when this call created the group (and train() must destroy it).
     """
-    import torch.distributed as dist
-
     if not world.distributed or dist.is_initialized():
         return False
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -399,8 +399,6 @@ def train(
         # The caller's thread count comes back: a sweep embeds with it after training.
         torch.set_num_threads(threads)
         if created_group:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
 
 
@@ -451,8 +449,6 @@ def _train(  # noqa: C901
     step_module = _Step(model, loss_fn, autocast, device.type)
     runner: nn.Module = step_module
     if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
         # Buffers (BatchNorm running stats, centers, R's flag) are equal on every rank by
         # construction, so DDP need not broadcast them each step.
         runner = DistributedDataParallel(
@@ -575,8 +571,6 @@ def _train(  # noqa: C901
             write_log(out / LOG_FILE, rows)
         if world.distributed:
             # No rank runs ahead of (or returns before) a checkpoint that is still being written.
-            import torch.distributed as dist
-
             dist.barrier()
 
     last_good = (

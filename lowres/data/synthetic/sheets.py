@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from lowres.data.synthetic.knobs import (
     DEFAULT_KNOBS,
@@ -134,10 +136,6 @@ def scale_sheet(
 
 def _write_png(sheet: torch.Tensor, path: Path) -> Path:
     """Write a uint8 (C, H, W) sheet as a PNG atomically (temporary file + os.replace)."""
-    import io
-
-    from PIL import Image
-
     if not path.parent.is_dir():
         raise DataError(f"folder {path.parent} for the sheet does not exist; create it first")
     arr = sheet.permute(1, 2, 0).numpy()
