@@ -8,6 +8,7 @@ by hand with numpy, every template pair scored, thresholds swept one by one).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -208,6 +209,22 @@ def test_protocol_recorded_and_rerun_reuses(sweep):
     again = S.run_sweep(config)
     assert again.computed == 0 and again.reused == len(MODEL_IDS) * len(SCALES)
     assert (config.out / "results.csv").read_bytes() == before
+
+
+def test_templates_of_one_image_are_verification(tmp_path, sweep):
+    """With --template-size 1 every image is its own template; the split lists each identity's
+    images together, so the template pairs are the verification pairs and the rows agree."""
+    config, _ = sweep
+    assert (np.diff(S.sweep_test_split(config, 0).labels.numpy()) >= 0).all()
+    one = tiny_config(tmp_path / "one", config.model_cache, (1.0, 0.25), protocol="template")
+    S.run_sweep(dataclasses.replace(one, template_size=1))
+    table = read_table(one.out / "results.csv")
+    keys = ["model", "size_px", "far"]
+    tar = table[table["metric"] == "tar"].set_index(keys).sort_index()
+    tpl = table[table["metric"] == "template_tar"].set_index(keys).sort_index()
+    assert len(tpl) == 3 * 2 * 2
+    for col in ("value", "threshold", "far_achieved", "n_genuine", "n_impostor"):
+        assert np.allclose(tpl[col].astype(float), tar[col].astype(float), rtol=0, atol=1e-6)
 
 
 def test_template_size_in_the_keys():
