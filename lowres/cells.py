@@ -82,11 +82,15 @@ def settings_fingerprint(
     seeds,
     folds,
     protocol: str = "verification",
+    template_size: int | None = None,
 ) -> dict[str, Any]:
     """The settings a sweep folder is bound to; a rerun with other values is refused. The
     protocol is named only when it is not ``verification`` (verification folders keep the
-    fingerprint, and so the cell names, they always had)."""
+    fingerprint, and so the cell names, they always had); ``template_size`` (images per
+    template, ``template`` sweeps) only when given."""
     extra = {} if protocol == "verification" else {"protocol": protocol}
+    if template_size is not None:
+        extra["template_size"] = int(template_size)
     return extra | {
         "format": SWEEP_FORMAT,
         "data": str(data),
@@ -292,7 +296,7 @@ def cell_key(
         "fold": int(fold),
         "seed": int(seed),
         "fars": [repr(float(f)) for f in fars],
-    } | ({"protocol": fingerprint["protocol"]} if "protocol" in fingerprint else {})
+    } | {k: fingerprint[k] for k in ("protocol", "template_size") if k in fingerprint}
 
 
 def cell_stem(key: dict[str, Any]) -> str:

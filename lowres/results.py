@@ -59,7 +59,11 @@ Row kinds, by metric (direction for ``lowres check`` in brackets: + higher is be
   (closed set; Clopper-Pearson interval, ``n_genuine`` = probes, ``n_impostor`` empty),
   ``tpir`` [+] (open set, per FPIR target in ``far``; ``far_achieved`` = achieved FPIR,
   ``n_genuine`` / ``n_impostor`` = mated / non-mated searches); ``ring_margin_rank1`` (per +R
-  model and scale): rank-1 minus the reference's with a paired bootstrap over identities.
+  model and scale): rank-1 minus the reference's with a paired bootstrap over identities;
+  ``template_tar`` [+] (template 1:1, per FAR: exact TAR at FAR over template pairs, features
+  pooled per template; Clopper-Pearson interval, ``n_genuine`` / ``n_impostor`` = template
+  pairs) and ``ring_margin_template`` (per +R model, scale and FAR): template TAR minus the
+  reference's with the paired bootstrap of ``ring_margin``.
 
 Everything a reader needs to reproduce a number sits in ``provenance.json`` beside the table.
 Writes go to a temporary file in the same folder and are moved into place with ``os.replace``,
@@ -137,6 +141,7 @@ HIGHER_IS_BETTER = frozenset(
         "rank5",
         "rank10",
         "tpir",
+        "template_tar",
     }
 )
 LOWER_IS_BETTER = frozenset({"eer", "critical_size_px", "edc_pauc20"})
@@ -169,6 +174,8 @@ METRICS = (
     "rank10",
     "tpir",
     "ring_margin_rank1",
+    "template_tar",
+    "ring_margin_template",
 )
 
 _INT_COLUMNS = ("size_px", "fold", "seed", "n_genuine", "n_impostor")

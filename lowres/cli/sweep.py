@@ -87,7 +87,15 @@ def _bad(ctx, name: str, exc: Exception):
     show_default=True,
     help="verification: pairs (TAR@FAR); identification: closed-set search of each identity's "
     "first image as gallery (rank-1/5/10, CMC); open-set: half the identities enrolled, TPIR "
-    "at FPIR = each --far.",
+    "at FPIR = each --far; template: 1:1 TAR@FAR between templates (each identity's images cut "
+    "into templates of --template-size, features pooled: mean of L2-normalised features).",
+)
+@click.option(
+    "--template-size",
+    type=int,
+    default=None,
+    help="Images (media) per template of --protocol template (default 2): each identity's "
+    "images in index order, the remainder joining its last template.",
 )
 @click.option(
     "--far", "fars", default="1e-3,1e-2,1e-1", show_default=True, help="Target false-accept rates."
@@ -274,6 +282,7 @@ def _sweep_config(ctx, opts):
         degrade=opts["degrade_text"],
         pairing=opts["pairing"],
         protocol=opts["protocol"],
+        template_size=opts["template_size"],
         folds=(
             _parsed(ctx, "folds", S.parse_int_list, folds, "--folds")
             if folds is not None

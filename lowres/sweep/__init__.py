@@ -58,8 +58,9 @@ shard folders share settings and together hold every cell exactly once, copies t
 - :mod:`~lowres.sweep.config`: the settings, list parsing and validation, the probe grid;
 - :mod:`~lowres.sweep.models`: model ids resolved, trained on demand or loaded, the pixels;
 - :mod:`~lowres.sweep.compute`: the test split's pairs; embedding and scoring missing cells;
-- :mod:`~lowres.sweep.protocols`: ``--protocol identification|open-set``: gallery and probes,
-  the search arrays and rows of a cell, rank-1 margins and ``cmc.csv``;
+- :mod:`~lowres.sweep.protocols`: ``--protocol identification|open-set|template``: gallery and
+  probes, the search arrays and rows of a cell, rank-1 margins and ``cmc.csv``; templates, their
+  pooled pair scores and ``template_tar`` rows;
 - :mod:`~lowres.sweep.assemble`: cells -> results.csv and the side tables, the bootstraps;
 - :mod:`~lowres.sweep.run`: :func:`run_sweep`, which wires the stages above;
 - :mod:`~lowres.sweep.merge`: :func:`merge_shards`; :mod:`~lowres.sweep.summary`: the terminal.

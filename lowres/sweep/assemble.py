@@ -39,7 +39,7 @@ from lowres.results import (
     to_frame,
     write_table,
 )
-from lowres.sweep.config import SweepConfig
+from lowres.sweep.config import SweepConfig, template_size_of
 from lowres.sweep.models import ModelEntry, base_of, model_details
 from lowres.sweep.protocols import (
     OPEN_SET_SEED,
@@ -47,6 +47,8 @@ from lowres.sweep.protocols import (
     cmc_frame,
     pooled_protocol_rows,
     rank1_margin_rows,
+    template_level,
+    template_rules,
 )
 from lowres.sweep.quality import quality_outputs
 
@@ -73,6 +75,8 @@ def table_provenance(model_info, grid, fars, config: SweepConfig) -> dict[str, A
 
 def _protocol_provenance(config: SweepConfig) -> dict[str, Any]:
     """The identification protocol of a sweep, for its provenance (none for verification)."""
+    if config.protocol == "template":
+        return {"protocol": {"name": "template", **template_rules(template_size_of(config))}}
     rules = {
         "gallery": "first image (index order) of each enrolled identity",
         "ties": "pessimistic (rank = 1 + #other identities scoring >= the true one)",
@@ -289,6 +293,32 @@ def _bootstrap_rows(boots: Bootstraps, model_info, grid: Grid, seeds, level_fold
     return rows
 
 
+def _template_margin_rows(boots: Bootstraps, model_info, grid: Grid, seeds, level_fold, context):
+    """``ring_margin_template`` rows (``--protocol template``): template TAR of every ``+R``
+    model minus its base's, per width and FAR, with the paired bootstrap of ``ring_margin``
+    over the template pairs (:meth:`Bootstraps.template_margin`)."""
+    rows = []
+    common = dict(context, fold=level_fold, fars=boots.fars)
+    for name in sorted(model_info):
+        base = ring_base(name, model_info)
+        if base is None:
+            continue
+        for scale, size in grid:
+            rows += _boot_rows(
+                boots.template_margin(name, base, scale),
+                (name, base),
+                ("diff_point", "diff_low", "diff_high"),
+                **common,
+                model=name,
+                method=model_info[name].method,
+                scale=scale,
+                size_px=size,
+                seed=seeds[0] if len(seeds) == 1 else None,
+                metric="ring_margin_template",
+            )
+    return rows
+
+
 def _side_frames(levels: Levels, model_info, grid: Grid, seeds, context):
     """(roc, norms, scores) frames: ROC points, per-image norms (and relative to the clean
     mean) and score histograms of every model, seed and width at the primary fold level."""
@@ -347,6 +377,8 @@ def assemble(
     t0 = time.perf_counter()
     boots = Bootstraps(store, levels, folds, seeds, fars, config)
     extra = _bootstrap_rows(boots, model_info, grid, seeds, level_fold, context)
+    if config.protocol == "template":
+        extra += _template_margin_rows(boots, model_info, grid, seeds, level_fold, context)
     timings["bootstrap"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     quality, edc_frame = quality_outputs(
@@ -406,6 +438,20 @@ class Bootstraps:
             },
         )
 
+    def template_margin(self, name: str, base: str, scale: float) -> dict:
+        """Ring-margin bootstrap of template TAR (``--protocol template``): ``name`` vs
+        ``base`` on their template pairs, paired over identities and seeds."""
+        return self._cached(
+            (name, base),
+            scale,
+            fmt="lowres-template-margin/1",
+            prefix="template-margin",
+            summarise=lambda boot: {
+                k: [float(v) for v in boot[k]] for k in ("diff_point", "diff_low", "diff_high")
+            },
+            pairs=lambda model, seed: template_level(self.store, model, seed, scale, self.folds),
+        )
+
     def seed_mean(self, name: str, scale: float) -> dict:
         """Seed-mean TAR of one model with its identity + seed bootstrap interval."""
         return self._cached(
@@ -419,8 +465,20 @@ class Bootstraps:
         )
 
     def _cached(
-        self, models: tuple[str, ...], scale: float, *, fmt: str, prefix: str, summarise: Callable
+        self,
+        models: tuple[str, ...],
+        scale: float,
+        *,
+        fmt: str,
+        prefix: str,
+        summarise: Callable,
+        pairs: Callable | None = None,
     ) -> dict:
+        """The bootstrap of ``models`` at ``scale``, from the cache or computed and cached;
+        ``pairs(model, seed)`` gives the (scores, id_a, id_b) bootstrapped (default: the
+        verification pairs at the level of :class:`Levels`)."""
+        if pairs is None:
+            pairs = lambda model, seed: self.levels(model, seed, scale)[:3]  # noqa: E731
         key: dict[str, Any] = {"format": fmt}
         for role, name in zip(("model", "base"), models, strict=False):
             key[role] = [
@@ -442,7 +500,7 @@ class Bootstraps:
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 pass
         self.computed += 1
-        groups = [[self.levels(name, seed, scale)[:3] for name in models] for seed in self.seeds]
+        groups = [[pairs(name, seed) for name in models] for seed in self.seeds]
         boot = bootstrap_tar(groups, self.fars, n_boot=self.n_boot, seed=self.boot_seed)
         same = groups[0][0][1] == groups[0][0][2]
         result = {

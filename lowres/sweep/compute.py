@@ -17,7 +17,7 @@ from lowres.data import get_test_split
 from lowres.embed import embed_many, pick_device
 from lowres.errors import ConfigError
 from lowres.progress import Stage
-from lowres.sweep.config import MAX_PAIRS, SweepConfig
+from lowres.sweep.config import MAX_PAIRS, SweepConfig, template_size_of
 from lowres.sweep.models import Prepared
 from lowres.sweep.protocols import protocol_cell
 
@@ -176,7 +176,12 @@ def _write_one(unit: Unit, store: CellStore, name: str, scale: float, gallery, p
         **{f"flag_{k}": v for k, v in flags.items()},
     )
     id_arrays, id_rows = protocol_cell(
-        unit.config.protocol, arrays["labels"], gallery.features, probe.features, unit.fars
+        unit.config.protocol,
+        arrays["labels"],
+        gallery.features,
+        probe.features,
+        unit.fars,
+        template_size=template_size_of(unit.config),
     )
     arrays.update(id_arrays)
     rows = rows + id_rows

@@ -45,6 +45,12 @@ MAX_PAIRS = 20_000_000
 """Largest all-vs-all protocol a sweep accepts (scores are stored: 4 bytes per pair per cell)."""
 
 
+DEFAULT_TEMPLATE_SIZE = 2
+"""Images (media) per template of ``protocol="template"`` when ``template_size`` is None: the
+smallest template that pools, and with synth's five test images per identity two templates
+(of 2 and 3 media) per identity, so every identity gives a genuine template pair."""
+
+
 def default_model_cache() -> Path:
     """``$LOWRES_CACHE/models`` if set, else ``~/.cache/lowres/models``."""
     return cache_dir_default() / "models"
@@ -68,8 +74,9 @@ class SweepConfig:
         preset: dataset preset (e.g. synth size), None for the dataset's default.
         degrade: degradation chain in :func:`lowres.degrade.parse_degrade` form; None = default.
         pairing: ``"probe"`` (clean gallery vs degraded probe) or ``"both"``.
-        protocol: ``"verification"`` (pairs), ``"identification"`` (closed-set rank-k) or
-            ``"open-set"`` (TPIR at FPIR): see :mod:`lowres.sweep.protocols`.
+        protocol: ``"verification"`` (pairs), ``"identification"`` (closed-set rank-k),
+            ``"open-set"`` (TPIR at FPIR) or ``"template"`` (template 1:1 TAR at FAR): see
+            :mod:`lowres.sweep.protocols`.
         fars: target FARs in (0, 1).
         folds, seeds: identity-disjoint test folds and seeds (training + degradation noise).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
@@ -96,6 +103,8 @@ class SweepConfig:
         train_data: dataset the on-demand models train on, whole (``train_split="all"``, one
             model per seed for every test fold), e.g. CASIA-WebFace for an LFW test; None:
             each test fold's model trains on the other identities of ``data``.
+        template_size: images (media) per template of ``protocol="template"`` (None:
+            :data:`DEFAULT_TEMPLATE_SIZE`); set with another protocol it is refused.
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -126,12 +135,17 @@ class SweepConfig:
     shard: tuple[int, int] | None = None
     variants: dict[str, dict] | None = None
     train_data: str | None = None
+    template_size: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Plain-JSON form for provenance."""
+        """Plain-JSON form for provenance; ``template_size`` only when set, so the other
+        protocols' provenance and shard manifests stay as they were (an older lowres merges
+        them)."""
         out = dataclasses.asdict(self)
         for key in ("out", "model_cache", "save_baseline"):
             out[key] = None if out[key] is None else str(out[key])
+        if out["template_size"] is None:
+            del out["template_size"]
         return out
 
     @classmethod
@@ -297,6 +311,14 @@ def device_name(name: str) -> str:
     """The device ``name`` (``"auto"``, ``"cpu"``, ``"cuda:0"``...) resolves to here; an unknown
     or absent device fails with a ConfigError."""
     return str(pick_device(None if name == "auto" else name))
+
+
+def template_size_of(config: SweepConfig) -> int | None:
+    """Images per template of a ``template`` sweep (``template_size`` or
+    :data:`DEFAULT_TEMPLATE_SIZE`); None for the other protocols, which form no templates."""
+    if config.protocol != "template":
+        return None
+    return DEFAULT_TEMPLATE_SIZE if config.template_size is None else config.template_size
 
 
 def model_cache_of(config: SweepConfig) -> Path:

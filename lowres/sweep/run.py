@@ -29,6 +29,7 @@ from lowres.sweep.config import (
     device_name,
     parse_int_list,
     probe_grid,
+    template_size_of,
     validate_fars,
 )
 from lowres.sweep.models import (
@@ -41,7 +42,7 @@ from lowres.sweep.models import (
     resolve_models,
     training_workers,
 )
-from lowres.sweep.protocols import check_protocol, check_protocol_name
+from lowres.sweep.protocols import check_protocol, check_protocol_name, check_template_size
 from lowres.training_logs import TRAINING_FILE, training_frame, write_training
 
 log = logging.getLogger("lowres.sweep")
@@ -81,6 +82,7 @@ def _check_settings(config: SweepConfig) -> tuple[float, ...]:
     if config.pairing not in PAIRINGS:
         raise ConfigError(f"pairing {config.pairing!r} is not one of {', '.join(PAIRINGS)}")
     check_protocol_name(config.protocol)
+    check_template_size(config.protocol, config.template_size)
     if int(config.batch_size) < 1:
         raise ConfigError(f"batch size must be >= 1, got {config.batch_size}")
     device_name(config.device)  # an unknown or absent device fails before the folder exists
@@ -117,7 +119,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
     tests = {f: sweep_test_split(config, f) for f in folds}
     for fold, test in tests.items():
         check_pairs(test, fold)
-        check_protocol(test, fold, config.protocol)
+        check_protocol(test, fold, config.protocol, template_size_of(config))
     check_training_data(config)
     fingerprint = settings_fingerprint(
         data=config.data,
@@ -127,6 +129,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
         seeds=seeds,
         folds=folds,
         protocol=config.protocol,
+        template_size=template_size_of(config),
     )
     grid = probe_grid(config, tests[folds[0]].image_size[1])
     return Plan(config, entries, folds, seeds, fars, shard, owners, chain, tests, grid, fingerprint)

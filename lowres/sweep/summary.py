@@ -68,20 +68,32 @@ def format_summary(table: pd.DataFrame, far: float = 1e-2, critical: dict | None
     ) + _protocol_summary(table, far)
 
 
+_AT_FAR_TITLES = {
+    "tpir": "TPIR at FPIR {far:g} (open set, half the identities enrolled)",
+    "template_tar": "template TAR at FAR {far:g} (template 1:1, features pooled per template)",
+}
+"""The per-FAR protocol rows the summary shows, at the FAR nearest the summary's, and titles."""
+
+
 def _protocol_summary(table: pd.DataFrame, far: float) -> str:
-    """Rank-1 (identification) or TPIR at the FPIR nearest ``far`` (open set) per model and
-    width, as text after the TAR table; empty for a verification sweep."""
+    """Rank-1 (identification), TPIR at the FPIR nearest ``far`` (open set) or template TAR at
+    the FAR nearest ``far`` (template) per model and width, as text after the TAR table; empty
+    for a verification sweep."""
     prim = primary_rows(table)
     rows = prim[prim["metric"] == "rank1"]
     title = "rank-1 identification rate (closed set, pessimistic ties)"
-    if rows.empty:
-        rows = prim[prim["metric"] == "tpir"]
+    for metric, heading in _AT_FAR_TITLES.items():
+        if not rows.empty:
+            break
+        rows = prim[prim["metric"] == metric]
         if rows.empty:
-            return ""
-        fpirs = sorted(rows["far"].unique())
-        fpir = min(fpirs, key=lambda f: abs(math.log10(f) - math.log10(far)))
-        rows = rows[np.isclose(rows["far"], fpir)]
-        title = f"TPIR at FPIR {fpir:g} (open set, half the identities enrolled)"
+            continue
+        fars = sorted(rows["far"].unique())
+        near = min(fars, key=lambda f: abs(math.log10(f) - math.log10(far)))
+        rows = rows[np.isclose(rows["far"], near)]
+        title = heading.format(far=near)
+    if rows.empty:
+        return ""
     wide = rows.pivot_table(index="model", columns="size_px", values="value", aggfunc="mean")
     wide = wide[sorted(wide.columns, reverse=True)]
     wide.columns = [f"{int(c)}px" for c in wide.columns]
