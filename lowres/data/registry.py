@@ -6,6 +6,9 @@ separated), the repository's ``data_manifests/`` and ``./data_manifests``; the f
 with a given name wins. A ``kind = "builtin"`` manifest only adds documentation to its builtin.
 InsightFace files load by path without a manifest: ``x.bin`` (verification set) and
 ``train.rec`` or a folder holding it (RecordIO pack); see ``lowres.data.insightface``.
+Manifests of kind ``tinyface`` and ``scface`` read those sets in their published layouts
+(:mod:`lowres.data.tinyface`, :mod:`lowres.data.scface`): a test set with gallery/probe roles,
+and for TinyFace its own training split and distractor set (:func:`load_distractor_role`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ import torch
 
 from lowres.data.dataset import FaceDataset
 from lowres.data.images import IMAGE_EXTENSIONS, cached_images, decode_image, load_identity_folders
-from lowres.data.manifest import Manifest, load_manifest, require_file, require_root
+from lowres.data.manifest import (
+    LAYOUT_KINDS,
+    Manifest,
+    load_manifest,
+    require_file,
+    require_root,
+)
 from lowres.data.protocols import identity_folds, pair_counts, read_lfw_pairs
 from lowres.errors import ConfigError, DataError
 
@@ -29,9 +38,11 @@ __all__ = [
     "check_dataset",
     "get_split",
     "get_split_labels",
+    "has_distractor_role",
     "has_own_split",
     "list_datasets",
     "load_dataset",
+    "load_distractor_role",
     "manifest_dirs",
     "protocol_summary",
     "split_dataset",
@@ -297,6 +308,40 @@ def _load_pairs(m: Manifest, cache_dir) -> FaceDataset:
     return _check_size(ds, m)
 
 
+def _load_layout(m: Manifest, *, preset: str | None, cache_dir) -> FaceDataset:
+    """A published-layout set: TinyFace's test set, or all of SCface (roles on every image)."""
+    if m.kind == "tinyface":
+        from lowres.data.tinyface import load_tinyface_test
+
+        return load_tinyface_test(m, preset=preset, cache_dir=cache_dir)
+    from lowres.data.scface import load_scface
+
+    return load_scface(m, preset=preset, cache_dir=cache_dir)
+
+
+def _tinyface_builtin(m: Manifest) -> _Builtin:
+    """TinyFace's fixed split (Training_Set / Testing_Set) as a loader-split dataset, so
+    training code asks it for Training_Set, never the test set."""
+    from lowres.data.tinyface import load_tinyface_split, load_tinyface_test
+
+    def split(*, fold: int, seed: int, preset: str | None):
+        return load_tinyface_split(m, fold=fold, preset=preset)
+
+    def test(*, fold: int, seed: int, preset: str | None):
+        if fold != 0:
+            raise DataError(f"dataset {m.name!r} has one fixed test split (fold 0), got {fold}")
+        return load_tinyface_test(m, preset=preset)
+
+    def labels(*, fold: int, seed: int, preset: str | None):
+        train, held = split(fold=fold, seed=seed, preset=preset)
+        return train.labels, held.labels
+
+    def load(*, seed: int, preset: str | None, cache_dir):
+        return load_tinyface_test(m, preset=preset, cache_dir=cache_dir)
+
+    return _Builtin(m.description, "PIL", load, split, test, labels)
+
+
 def _load_manifest_dataset(m: Manifest, *, seed: int, preset: str | None, cache_dir) -> FaceDataset:
     if m.kind == "builtin":
         if m.builtin not in _BUILTINS:
@@ -318,6 +363,8 @@ def _load_manifest_dataset(m: Manifest, *, seed: int, preset: str | None, cache_
             path, name=m.name, channels=m.channels, cache_dir=cache_dir, meta=m.meta(), **extra
         )
         return _check_size(ds, m)
+    if m.kind in LAYOUT_KINDS:
+        return _load_layout(m, preset=preset, cache_dir=cache_dir)
     root = require_root(m)
     ds = load_identity_folders(
         root,
@@ -417,8 +464,11 @@ def split_dataset(
 
 
 def _builtin_of(name: str | Path) -> _Builtin | None:
-    """The builtin behind ``name`` (its own name or a builtin-kind manifest), else None."""
+    """The builtin behind ``name`` (its own name or a builtin-kind manifest; a TinyFace
+    manifest's fixed split), else None."""
     resolved, m = _resolve(name)
+    if m is not None and m.kind == "tinyface":
+        return _tinyface_builtin(m)
     builtin = m.builtin if m is not None and m.kind == "builtin" else resolved
     return _BUILTINS.get(builtin)
 
@@ -459,6 +509,24 @@ def check_dataset(name: str | Path) -> None:
     _, m = _resolve(name)
     if m is not None and m.kind != "builtin":
         require_file(m)  # the root folder first, then the file it names, if any
+
+
+def has_distractor_role(name: str | Path) -> bool:
+    """True when the dataset brings its own distractor set (a TinyFace manifest: its
+    Gallery_Distractor folder), found without loading an image."""
+    _, m = _resolve(name)
+    return m is not None and m.kind == "tinyface"
+
+
+def load_distractor_role(name: str | Path, *, cache_dir=None) -> FaceDataset | None:
+    """The dataset's own distractor set (:func:`has_distractor_role`), or None when it has
+    none."""
+    _, m = _resolve(name)
+    if m is None or m.kind != "tinyface":
+        return None
+    from lowres.data.tinyface import load_tinyface_distractors
+
+    return load_tinyface_distractors(m, cache_dir=cache_dir)
 
 
 def has_own_split(name: str | Path) -> bool:
