@@ -541,7 +541,7 @@ def test_run_level_external_models(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     entry = "py:run_test_factory:make(width=4)"
     base = RUNS.format(cache=tmp_path / "cache")
-    text = base.replace('seeds = [0, 1]\n', f'seeds = [0, 1]\nexternal = ["{entry}"]\n')
+    text = base.replace("seeds = [0, 1]\n", f'seeds = [0, 1]\nexternal = ["{entry}"]\n')
     study = ST.load_study(_write(tmp_path, "runs_ext", text))
     plain, coarse = study.runs
     assert "external" not in plain
@@ -558,6 +558,6 @@ def test_run_level_external_models(tmp_path, monkeypatch):
         (f'external = ["{entry}", "{entry}"]', "listed twice"),
     ]
     for line, message in bad_cases:
-        bad = base.replace('seeds = [0, 1]\n', f"seeds = [0, 1]\n{line}\n")
+        bad = base.replace("seeds = [0, 1]\n", f"seeds = [0, 1]\n{line}\n")
         with pytest.raises(ConfigError, match=message):
             ST.load_study(_write(tmp_path, "bad", bad))

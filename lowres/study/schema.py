@@ -404,16 +404,14 @@ def _run_externals(run_name: str, value: Any, models: list[ModelItem]) -> list[M
     each valid, their labels clashing with no study model."""
     if not isinstance(value, list) or not value:
         raise ConfigError(
-            f'[runs {run_name}] external must be a non-empty list of --models entries, e.g. '
+            f"[runs {run_name}] external must be a non-empty list of --models entries, e.g. "
             '["dlib(size=112x92)"]'
         )
     items = [_external_item(f"runs {run_name}", {"external": v}, "sweep") for v in value]
     labels = [m.label for m in models] + [m.label for m in items]
     dup = next((x for x in labels if labels.count(x) > 1), None)
     if dup is not None:
-        raise ConfigError(
-            f"[runs {run_name}] external model {dup!r} is listed twice; list it once"
-        )
+        raise ConfigError(f"[runs {run_name}] external model {dup!r} is listed twice; list it once")
     return items
 
 
