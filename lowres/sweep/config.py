@@ -96,6 +96,10 @@ class SweepConfig:
         train_data: dataset the on-demand models train on, whole (``train_split="all"``, one
             model per seed for every test fold), e.g. CASIA-WebFace for an LFW test; None:
             each test fold's model trains on the other identities of ``data``.
+        distractors: identification / open-set only: ``synth``, a dataset, a folder of faces
+            or ``none`` whose images join every search as nobody's mate
+            (:mod:`lowres.sweep.distractors`); None: the dataset's own distractors if it has
+            some (TinyFace), else none.
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -126,6 +130,7 @@ class SweepConfig:
     shard: tuple[int, int] | None = None
     variants: dict[str, dict] | None = None
     train_data: str | None = None
+    distractors: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form for provenance."""

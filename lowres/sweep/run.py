@@ -31,6 +31,7 @@ from lowres.sweep.config import (
     probe_grid,
     validate_fars,
 )
+from lowres.sweep.distractors import DistractorSet, resolve_distractors
 from lowres.sweep.models import (
     ModelEntry,
     Prepared,
@@ -62,6 +63,13 @@ class Plan:
     tests: dict[int, Any]
     grid: list[tuple[float, int]]
     fingerprint: dict[str, Any]
+    distractors: DistractorSet | None = None
+
+    def dataset_label(self) -> str:
+        """The ``dataset`` column of the sweep's rows: the test set's name, with its
+        distractors when it has some (:meth:`DistractorSet.label`)."""
+        name = self.tests[self.folds[0]].name
+        return name if self.distractors is None else self.distractors.label(name)
 
 
 @dataclass
@@ -119,6 +127,7 @@ def plan_sweep(config: SweepConfig) -> Plan:
         check_pairs(test, fold)
         check_protocol(test, fold, config.protocol)
     check_training_data(config)
+    distractors = resolve_distractors(config, tests[folds[0]])
     fingerprint = settings_fingerprint(
         data=config.data,
         preset=config.preset,
@@ -127,9 +136,23 @@ def plan_sweep(config: SweepConfig) -> Plan:
         seeds=seeds,
         folds=folds,
         protocol=config.protocol,
+        distractors=None if distractors is None else distractors.key(),
     )
     grid = probe_grid(config, tests[folds[0]].image_size[1])
-    return Plan(config, entries, folds, seeds, fars, shard, owners, chain, tests, grid, fingerprint)
+    return Plan(
+        config,
+        entries,
+        folds,
+        seeds,
+        fars,
+        shard,
+        owners,
+        chain,
+        tests,
+        grid,
+        fingerprint,
+        distractors,
+    )
 
 
 def _run_unit(plan: Plan, fold: int, seed: int, progress: Progress, timings, on_cell) -> None:
@@ -163,6 +186,8 @@ def _run_unit(plan: Plan, fold: int, seed: int, progress: Progress, timings, on_
         for scale, size in plan.grid
     }
     unit = Unit(plan.config, fold, seed, test, prepared, plan.grid, plan.chain, plan.fars, keys)
+    if plan.distractors is not None:
+        unit.distractors = plan.distractors.dataset
     missing: dict[float, list[Prepared]] = {}
     for p in prepared:
         for scale, _ in plan.grid:
@@ -180,11 +205,16 @@ def _run_unit(plan: Plan, fold: int, seed: int, progress: Progress, timings, on_
 def _provenance(plan: Plan) -> dict[str, Any]:
     """The provenance a sweep writes before its first cell (``status: running``)."""
     test = plan.tests[plan.folds[0]]
+    dataset: dict[str, Any] = {"name": test.name, "image_size": list(test.image_size)}
+    if plan.distractors is not None:
+        dataset["distractors"] = plan.distractors.key() | {"label": plan.dataset_label()}
+    if getattr(test, "roles", None) is not None:
+        dataset["roles"] = "fixed by the set: gallery and probe images as its folders say"
     return {
         "settings": plan.fingerprint,
         "status": "running",
         "config": plan.config.to_json(),
-        "dataset": {"name": test.name, "image_size": list(test.image_size)},
+        "dataset": dataset,
         "degradation": {"chain": str(plan.chain), "hash": plan.chain.hash()},
         "versions": versions(RESULT_LIBRARIES),
         "git_revision": git_revision(),
@@ -249,7 +279,7 @@ def run_sweep(
             **table_provenance(progress.model_info, plan.grid, plan.fars, config),
         )
         context = {
-            "dataset": provenance["dataset"]["name"],
+            "dataset": plan.dataset_label(),
             "pairing": config.pairing,
             "degrade": str(plan.chain),
             "degrade_hash": plan.chain.hash(),
