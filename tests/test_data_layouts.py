@@ -109,6 +109,20 @@ def test_scface_roles_distances_and_cameras(tmp_path, scface):
     assert not set(train.identities) & set(test.identities)
 
 
+def test_data_show_describes_the_roles(tinyface, scface):
+    shown = cli(["data", "show", str(tinyface)])
+    assert shown.exit_code == 0, shown.output
+    n_gal, n_probe = sum(TINYFACE_GALLERY.values()), sum(TINYFACE_PROBE.values())
+    genuine = sum(TINYFACE_GALLERY[i] * TINYFACE_PROBE[i] for i in TINYFACE_GALLERY)
+    assert f"fixed split: train {len(TINYFACE_TRAIN)} ids" in shown.output
+    assert f"roles: {n_gal} gallery images" in shown.output
+    impostor = n_gal * n_probe - genuine
+    assert f"gallery x probe pairs: {genuine} genuine, {impostor} impostor" in shown.output
+    shown = cli(["data", "show", str(scface)])
+    assert shown.exit_code == 0 and "identity-disjoint folds: 4" in shown.output
+    assert "roles: 2 gallery images (2 ids), 30 probes (2 ids)" in shown.output
+
+
 def test_layout_errors_are_one_line(tmp_path, tinyface, scface):
     missing = write_manifest(tmp_path / "gone.toml", "tinyface", tmp_path / "nowhere")
     with pytest.raises(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -363,6 +364,20 @@ def test_missing_probe_gallery_refused(tmp_path):
     out = tmp_path / "out"
     args = ["sweep", "--data", str(manifest), "--models", "SM", "--protocol", "identification"]
     _one_error_line(cli([*args, "--out", str(out)]), "identity '3'", "no gallery image")
+    assert not out.exists()
+
+
+def test_tinyface_without_training_set(tmp_path):
+    """The test set loads without Training_Set; a model that would train on it is refused
+    before anything is written."""
+    top = write_tinyface(tmp_path)
+    shutil.rmtree(top / "Training_Set")
+    manifest = write_manifest(tmp_path / "tinyface.toml", "tinyface", top)
+    shown = cli(["data", "show", str(manifest)])
+    assert shown.exit_code == 0 and "train 0 ids" in shown.output, shown.output
+    out = tmp_path / "out"
+    args = ["sweep", "--data", str(manifest), "--models", "SM", "--protocol", "identification"]
+    _one_error_line(cli([*args, "--out", str(out)]), "Training_Set", "does not exist")
     assert not out.exists()
 
 

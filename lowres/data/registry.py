@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lowres.data.dataset import FaceDataset
+from lowres.data.dataset import GALLERY, PROBE, FaceDataset
 from lowres.data.images import IMAGE_EXTENSIONS, cached_images, decode_image, load_identity_folders
 from lowres.data.manifest import (
     LAYOUT_KINDS,
@@ -36,6 +36,7 @@ from lowres.errors import ConfigError, DataError
 
 __all__ = [
     "check_dataset",
+    "check_training_part",
     "get_split",
     "get_split_labels",
     "has_distractor_role",
@@ -322,7 +323,11 @@ def _load_layout(m: Manifest, *, preset: str | None, cache_dir) -> FaceDataset:
 def _tinyface_builtin(m: Manifest) -> _Builtin:
     """TinyFace's fixed split (Training_Set / Testing_Set) as a loader-split dataset, so
     training code asks it for Training_Set, never the test set."""
-    from lowres.data.tinyface import load_tinyface_split, load_tinyface_test
+    from lowres.data.tinyface import (
+        load_tinyface_split,
+        load_tinyface_test,
+        tinyface_train_labels,
+    )
 
     def split(*, fold: int, seed: int, preset: str | None):
         return load_tinyface_split(m, fold=fold, preset=preset)
@@ -333,8 +338,7 @@ def _tinyface_builtin(m: Manifest) -> _Builtin:
         return load_tinyface_test(m, preset=preset)
 
     def labels(*, fold: int, seed: int, preset: str | None):
-        train, held = split(fold=fold, seed=seed, preset=preset)
-        return train.labels, held.labels
+        return tinyface_train_labels(m), test(fold=fold, seed=seed, preset=preset).labels
 
     def load(*, seed: int, preset: str | None, cache_dir):
         return load_tinyface_test(m, preset=preset, cache_dir=cache_dir)
@@ -511,6 +515,16 @@ def check_dataset(name: str | Path) -> None:
         require_file(m)  # the root folder first, then the file it names, if any
 
 
+def check_training_part(name: str | Path) -> None:
+    """Fail early when models are to train on ``name`` and its training part is missing (a
+    TinyFace copy without Training_Set); every other set splits its own images."""
+    _, m = _resolve(name)
+    if m is not None and m.kind == "tinyface":
+        from lowres.data.tinyface import require_training_set
+
+        require_training_set(m)
+
+
 def has_distractor_role(name: str | Path) -> bool:
     """True when the dataset brings its own distractor set (a TinyFace manifest: its
     Gallery_Distractor folder), found without loading an image."""
@@ -563,6 +577,8 @@ def protocol_summary(
         split: (train labels, test labels) from :func:`get_split_labels` for datasets split by
             their own loader (all-vs-all on the test part).
     """
+    if ds.roles is not None:
+        return _role_summary(ds, fold=fold, seed=seed, split=split)
     lines = []
     if ds.pairs is not None:
         p = ds.pairs
@@ -613,3 +629,35 @@ def protocol_summary(
 
 def _n_ids(labels: torch.Tensor) -> int:
     return int(torch.unique(labels).numel())
+
+
+def _role_lines(labels: torch.Tensor, roles: torch.Tensor) -> list[str]:
+    """A set with gallery/probe roles: its counts and its gallery x probe verification pairs."""
+    gallery, probes = labels[roles == GALLERY], labels[roles == PROBE]
+    k = int(labels.max()) + 1 if labels.numel() else 0
+    genuine = int(
+        (torch.bincount(gallery, minlength=k) * torch.bincount(probes, minlength=k)).sum()
+    )
+    total = gallery.numel() * probes.numel()
+    return [
+        f"roles: {gallery.numel()} gallery images ({_n_ids(gallery)} ids), {probes.numel()} "
+        f"probes ({_n_ids(probes)} ids)",
+        f"gallery x probe pairs: {genuine} genuine, {total - genuine} impostor",
+    ]
+
+
+def _role_summary(ds: FaceDataset, *, fold: int, seed: int, split) -> list[str]:
+    """:func:`protocol_summary` of a set with roles (TinyFace, SCface): the split, then the
+    test part's roles and verification pairs."""
+    if split is not None:  # the loader's fixed split (TinyFace): ds is its test set
+        train_labels, test = split[0], ds
+        lines = [f"fixed split: train {_n_ids(train_labels)} ids / {train_labels.numel()} images"]
+    else:
+        train, test = split_dataset(ds, fold=fold, seed=seed)
+        n = (ds.meta.get("protocol", {}) or {}).get("n_folds", 4)
+        lines = [
+            f"identity-disjoint folds: {n} (seed {seed})",
+            f"fold {fold}: train {train.num_identities} ids / {len(train)} images",
+        ]
+    lines.append(f"test: {test.num_identities} ids / {len(test)} images")
+    return lines + _role_lines(test.labels, test.roles)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from lowres.data.dataset import GALLERY, PROBE, FaceDataset
 from lowres.data.images import scan_identity_folders
 from lowres.data.layouts import (
@@ -45,7 +47,9 @@ __all__ = [
     "load_tinyface_distractors",
     "load_tinyface_split",
     "load_tinyface_test",
+    "require_training_set",
     "tinyface_identity",
+    "tinyface_train_labels",
 ]
 
 PROBE_DIR = "Testing_Set/Probe"
@@ -99,8 +103,24 @@ def load_tinyface_distractors(m: Manifest, *, cache_dir=None) -> FaceDataset:
     return ds
 
 
+def require_training_set(m: Manifest) -> Path:
+    """The Training_Set folder, or a one-line DataError: models that train on TinyFace need it
+    (the test set loads without it)."""
+    return require_folder(m, require_root(m), TRAIN_DIR, "training (Training_Set)")
+
+
+def tinyface_train_labels(m: Manifest) -> torch.Tensor:
+    """Training_Set's labels without decoding an image (empty when the folder is absent: a
+    copy of the test set alone)."""
+    folder = require_root(m) / TRAIN_DIR
+    if not folder.is_dir():
+        return torch.zeros(0, dtype=torch.int64)
+    groups = scan_identity_folders(folder)
+    return torch.tensor([k for k, (_, fs) in enumerate(groups) for _ in fs], dtype=torch.int64)
+
+
 def _load_train(m: Manifest, root: Path, cache_dir) -> FaceDataset:
-    folder = require_folder(m, root, TRAIN_DIR, "training (Training_Set)")
+    folder = require_training_set(m)
     entries = [Entry(f, ident) for ident, files in scan_identity_folders(folder) for f in files]
     return load_entries(entries, m, root, part="train", cache_dir=cache_dir)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from lowres import shards
 from lowres.cells import CellStore, cell_key, open_out_dir, settings_fingerprint
+from lowres.data.registry import check_training_part
 from lowres.degrade import DEFAULT, parse_degrade
 from lowres.errors import ConfigError
 from lowres.files import atomic_write_json
@@ -127,6 +128,8 @@ def plan_sweep(config: SweepConfig) -> Plan:
         check_pairs(test, fold)
         check_protocol(test, fold, config.protocol)
     check_training_data(config)
+    if config.train_data is None and any(e.kind == "method" for e in entries):
+        check_training_part(config.data)
     distractors = resolve_distractors(config, tests[folds[0]])
     fingerprint = settings_fingerprint(
         data=config.data,
