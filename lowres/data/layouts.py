@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lowres.data.dataset import FaceDataset
 from lowres.data.images import IMAGE_EXTENSIONS, cached_images, decode_image
@@ -60,8 +61,6 @@ def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     >>> resize_image(torch.zeros(1, 5, 4, dtype=torch.uint8), (8, 6)).shape
     torch.Size([1, 8, 6])
     """
-    from PIL import Image
-
     h, w = int(size[0]), int(size[1])
     if tuple(image.shape[1:]) == (h, w):
         return image

@@ -32,6 +32,14 @@ from lowres.data.manifest import (
     require_root,
 )
 from lowres.data.protocols import identity_folds, pair_counts, read_lfw_pairs
+from lowres.data.scface import load_scface
+from lowres.data.tinyface import (
+    load_tinyface_distractors,
+    load_tinyface_split,
+    load_tinyface_test,
+    require_training_set,
+    tinyface_train_labels,
+)
 from lowres.errors import ConfigError, DataError
 
 __all__ = [
@@ -312,22 +320,13 @@ def _load_pairs(m: Manifest, cache_dir) -> FaceDataset:
 def _load_layout(m: Manifest, *, preset: str | None, cache_dir) -> FaceDataset:
     """A published-layout set: TinyFace's test set, or all of SCface (roles on every image)."""
     if m.kind == "tinyface":
-        from lowres.data.tinyface import load_tinyface_test
-
         return load_tinyface_test(m, preset=preset, cache_dir=cache_dir)
-    from lowres.data.scface import load_scface
-
     return load_scface(m, preset=preset, cache_dir=cache_dir)
 
 
 def _tinyface_builtin(m: Manifest) -> _Builtin:
     """TinyFace's fixed split (Training_Set / Testing_Set) as a loader-split dataset, so
     training code asks it for Training_Set, never the test set."""
-    from lowres.data.tinyface import (
-        load_tinyface_split,
-        load_tinyface_test,
-        tinyface_train_labels,
-    )
 
     def split(*, fold: int, seed: int, preset: str | None):
         return load_tinyface_split(m, fold=fold, preset=preset)
@@ -520,8 +519,6 @@ def check_training_part(name: str | Path) -> None:
     TinyFace copy without Training_Set); every other set splits its own images."""
     _, m = _resolve(name)
     if m is not None and m.kind == "tinyface":
-        from lowres.data.tinyface import require_training_set
-
         require_training_set(m)
 
 
@@ -538,8 +535,6 @@ def load_distractor_role(name: str | Path, *, cache_dir=None) -> FaceDataset | N
     _, m = _resolve(name)
     if m is None or m.kind != "tinyface":
         return None
-    from lowres.data.tinyface import load_tinyface_distractors
-
     return load_tinyface_distractors(m, cache_dir=cache_dir)
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lowres.data import load_dataset
 from lowres.data.dataset import FaceDataset
@@ -102,8 +103,6 @@ def fit_images(images: torch.Tensor, size: tuple[int, int], channels: int) -> to
 
 
 def _luma(img: torch.Tensor) -> torch.Tensor:
-    from PIL import Image
-
     grey = Image.fromarray(img.numpy().transpose(1, 2, 0)).convert("L")
     return torch.from_numpy(np.asarray(grey, dtype=np.uint8).copy())[None]
 
