@@ -83,14 +83,18 @@ def settings_fingerprint(
     folds,
     protocol: str = "verification",
     template_size: int | None = None,
+    distractors: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The settings a sweep folder is bound to; a rerun with other values is refused. The
     protocol is named only when it is not ``verification`` (verification folders keep the
     fingerprint, and so the cell names, they always had); ``template_size`` (images per
-    template, ``template`` sweeps) only when given."""
+    template, ``template`` sweeps) only when given; the distractors (source, count, content
+    digest: :meth:`lowres.sweep.distractors.DistractorSet.key`) only when there are some."""
     extra = {} if protocol == "verification" else {"protocol": protocol}
     if template_size is not None:
         extra["template_size"] = int(template_size)
+    if distractors is not None:
+        extra["distractors"] = dict(distractors)
     return extra | {
         "format": SWEEP_FORMAT,
         "data": str(data),
@@ -247,13 +251,17 @@ def _restore(out: Path, set_aside: Path | None, old_provenance: bytes | None) ->
         atomic_write_bytes(out / "provenance.json", old_provenance)
 
 
+_ABSENT = {"protocol": "verification"}
+"""What a fingerprint key that is left out means (the distractors: none)."""
+
+
 def describe_difference(old: Any, new: dict[str, Any]) -> str:
     """``"key: old -> new, ..."`` for the settings that differ (for refusal messages)."""
     if not isinstance(old, dict):
         return "unreadable provenance.json"
     keys = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
     return (
-        ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k, 'verification')!r}" for k in keys)
+        ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k, _ABSENT.get(k))!r}" for k in keys)
         or "different format"
     )
 
@@ -280,7 +288,8 @@ def cell_key(
     ``data_digest`` is the test split's :meth:`~lowres.data.FaceDataset.content_digest` (its
     pixels, labels and pairs, not its name) and ``model_hash`` names the model by content (a
     trained model by its config and its training data's digest, a file by its sha256), so new
-    pixels behind the same names, or a retrained model, never reuse a stale cell.
+    pixels behind the same names, or a retrained model, never reuse a stale cell; a sweep with
+    distractors adds the fingerprint's distractor set (with its content digest).
     """
     return {
         "format": CELL_FORMAT,
@@ -296,7 +305,9 @@ def cell_key(
         "fold": int(fold),
         "seed": int(seed),
         "fars": [repr(float(f)) for f in fars],
-    } | {k: fingerprint[k] for k in ("protocol", "template_size") if k in fingerprint}
+    } | {
+        k: fingerprint[k] for k in ("protocol", "template_size", "distractors") if k in fingerprint
+    }
 
 
 def cell_stem(key: dict[str, Any]) -> str:
@@ -399,19 +410,41 @@ def load_cell_arrays(cells_dir: Path, cell: dict[str, Any]) -> dict[str, np.ndar
     of each pair, ``issame`` (P,), ``norms`` (N,) and ``labels`` (N,).
 
     All-vs-all cells store only scores and labels (pairs are ``np.triu_indices(N, 1)``);
-    fixed pair lists store their image indices too.
+    fixed pair lists store their image indices too; sets with gallery/probe roles store the
+    roles (pairs: :func:`role_pairs`).
     """
     with np.load(cells_dir / cell["npz"], allow_pickle=False) as data:
         out = {k: data[k] for k in data.files}
     labels = out["labels"].astype(np.int64)
+    idx_a, idx_b = cell_pair_indices(out)
     if out["pair_a"].size:
-        idx_a, idx_b = out["pair_a"].astype(np.int64), out["pair_b"].astype(np.int64)
         issame = out["issame"].astype(bool)
     else:
-        idx_a, idx_b = np.triu_indices(labels.size, k=1)
         issame = labels[idx_a] == labels[idx_b]
     out.update(id_a=labels[idx_a], id_b=labels[idx_b], issame=issame)
     return out
+
+
+def role_pairs(roles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(idx_a, idx_b) of a set with gallery/probe roles (``FaceDataset.roles``): every gallery
+    image (``idx_a``, index order) with every probe (``idx_b``, index order), gallery-major.
+
+    >>> [a.tolist() for a in role_pairs(np.array([0, 1, 0, 1, 1], np.uint8))]
+    [[0, 0, 0, 2, 2, 2], [1, 3, 4, 1, 3, 4]]
+    """
+    roles = np.asarray(roles)
+    gallery, probes = np.flatnonzero(roles == 0), np.flatnonzero(roles == 1)
+    return np.repeat(gallery, probes.size), np.tile(probes, gallery.size)
+
+
+def cell_pair_indices(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(idx_a, idx_b) int64 of a cell's pairs: its stored fixed pairs, the gallery x probe pairs
+    of its ``roles`` (sets with roles), or all-vs-all ``np.triu_indices(N, 1)``."""
+    if arrays["pair_a"].size:
+        return arrays["pair_a"].astype(np.int64), arrays["pair_b"].astype(np.int64)
+    if "roles" in arrays:
+        return role_pairs(arrays["roles"])
+    return np.triu_indices(arrays["labels"].size, k=1)
 
 
 # --------------------------------------------------------------------------------------------

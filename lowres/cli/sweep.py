@@ -98,6 +98,15 @@ def _bad(ctx, name: str, exc: Exception):
     "images in index order, the remainder joining its last template.",
 )
 @click.option(
+    "--distractors",
+    default=None,
+    metavar="DATASET",
+    help="identification/open-set: faces of people in no gallery added to every search "
+    "(synth: synthetic identities seen in no training or test split; a dataset name or "
+    "manifest; a folder of images; none). Default: the dataset's own (TinyFace's "
+    "Gallery_Distractor), else none.",
+)
+@click.option(
     "--far", "fars", default="1e-3,1e-2,1e-1", show_default=True, help="Target false-accept rates."
 )
 @click.option(
@@ -283,6 +292,7 @@ def _sweep_config(ctx, opts):
         pairing=opts["pairing"],
         protocol=opts["protocol"],
         template_size=opts["template_size"],
+        distractors=opts["distractors"],
         folds=(
             _parsed(ctx, "folds", S.parse_int_list, folds, "--folds")
             if folds is not None

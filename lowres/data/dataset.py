@@ -12,7 +12,14 @@ from lowres.data.protocols import PairList
 from lowres.data.stream import DiskImages
 from lowres.errors import DataError
 
-__all__ = ["FaceDataset"]
+__all__ = ["GALLERY", "PROBE", "ROLE_NAMES", "FaceDataset"]
+
+GALLERY = 0
+"""``FaceDataset.roles`` code of a gallery (enrolment) image of a fixed gallery/probe protocol."""
+PROBE = 1
+"""``FaceDataset.roles`` code of a probe image."""
+ROLE_NAMES = ("gallery", "probe")
+"""Role names by code."""
 
 
 @dataclass
@@ -28,6 +35,11 @@ class FaceDataset:
         meta: manifest facts (credit, alignment, source, licence, citation, protocol, ...).
         pairs: a fixed pair protocol attached to this dataset (``idx_a``/``idx_b`` index
             ``images``), or None when verification is all-vs-all.
+        roles: uint8 (N,) :data:`GALLERY` / :data:`PROBE` per image for a set whose published
+            protocol fixes who is gallery and who is probe (TinyFace's folders, SCface's
+            mugshots vs surveillance cameras), or None: the sweep protocols pick the gallery
+            (:mod:`lowres.sweep.protocols`) and verification is all-vs-all. With roles,
+            verification pairs every gallery image with every probe.
     """
 
     name: str
@@ -36,6 +48,7 @@ class FaceDataset:
     identities: list[str]
     meta: dict = field(default_factory=dict)
     pairs: PairList | None = None
+    roles: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         imgs, labels = self.images, self.labels
@@ -52,6 +65,12 @@ class FaceDataset:
             raise DataError(
                 f"dataset {self.name!r}: labels must be int64 ({imgs.shape[0]},), got "
                 f"{labels.dtype} {tuple(labels.shape)}"
+            )
+        roles = self.roles
+        if roles is not None and (roles.dtype != torch.uint8 or roles.shape != labels.shape):
+            raise DataError(
+                f"dataset {self.name!r}: roles must be uint8 ({imgs.shape[0]},), got "
+                f"{roles.dtype} {tuple(roles.shape)}"
             )
         k = len(self.identities)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
@@ -85,6 +104,8 @@ class FaceDataset:
                 ("issame", self.pairs.issame),
                 ("pair_fold", self.pairs.fold),
             ]
+        if self.roles is not None:
+            parts.append(("roles", self.roles))
         for name, tensor in parts:
             if isinstance(tensor, DiskImages):
                 # Read in chunks: the same digest as the in-memory tensor of these pixels.
@@ -119,7 +140,8 @@ class FaceDataset:
 
         Returns:
             A new FaceDataset that keeps the identity names of the labels it still uses. Fixed
-            pairs survive when both of their images are selected, re-indexed into the subset.
+            pairs survive when both of their images are selected, re-indexed into the subset;
+            roles follow their images.
         """
         index = torch.as_tensor(index)
         if index.dtype == torch.bool:
@@ -142,6 +164,7 @@ class FaceDataset:
             identities=[self.identities[i] for i in kept.tolist()],
             meta=dict(self.meta),
             pairs=pairs,
+            roles=None if self.roles is None else self.roles[index],
         )
 
     def select_identities(self, ids: torch.Tensor) -> FaceDataset:

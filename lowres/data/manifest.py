@@ -5,6 +5,7 @@ The schema is documented in ``data_manifests/README.md``. In short::
     name = "lfw"                        # [A-Za-z0-9_-]+, the name `lowres data show` accepts
     kind = "pairs"                      # "identity-folders" | "pairs" | "builtin"
                                         # | "insightface-bin" | "recordio"
+                                        # | "tinyface" | "scface" (published layouts)
     description = "..."
     root = "$LOWRES_DATA/lfw"           # folders only; relative to this file; $VAR / ${VAR}, ~
     file = "lfw.bin"                    # insightface-bin (required) / recordio (default
@@ -26,6 +27,8 @@ The schema is documented in ``data_manifests/README.md``. In short::
     n_folds = 4                         # identity-folds
     default = "view2"                   # lfw-pairs: which file is FaceDataset.pairs
     image_pattern = "{name}/{name}_{num:04d}.jpg"
+    distances = [1, 2, 3]               # scface: surveillance distances read as probes
+    cameras = [1, 2, 3, 4, 5]           # scface: surveillance cameras read as probes
     [protocol.files.view2]              # protocol files: path relative to this manifest
     path = "lfw/pairs.txt"
     sha256 = "ea42..."
@@ -50,6 +53,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser under its PyPI name
 
 __all__ = [
     "KINDS",
+    "LAYOUT_KINDS",
     "PROTOCOL_TYPES",
     "Manifest",
     "ProtocolFile",
@@ -59,7 +63,18 @@ __all__ = [
     "require_root",
 ]
 
-KINDS = ("identity-folders", "pairs", "builtin", "insightface-bin", "recordio")
+KINDS = (
+    "identity-folders",
+    "pairs",
+    "builtin",
+    "insightface-bin",
+    "recordio",
+    "tinyface",
+    "scface",
+)
+LAYOUT_KINDS = ("tinyface", "scface")
+"""Kinds read in a set's published folder layout (:mod:`lowres.data.layouts`): roles and
+identities come from folders and file names, crops of any size are resized to ``image_size``."""
 PROTOCOL_TYPES = ("identity-folds", "lfw-pairs", "sample-split", "fixed-split")
 _TOP_KEYS = {
     "name",
@@ -79,7 +94,9 @@ _TOP_KEYS = {
     "source",
     "protocol",
 }
-_PROTOCOL_KEYS = {"type", "n_folds", "default", "image_pattern", "files"}
+_PROTOCOL_KEYS = {"type", "n_folds", "default", "image_pattern", "files", "distances", "cameras"}
+_SCFACE_DISTANCES = (1, 2, 3)
+_SCFACE_CAMERAS = tuple(range(1, 8))
 _ENV = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -124,6 +141,8 @@ class Manifest:
     image_pattern: str = "{name}/{name}_{num:04d}.jpg"
     protocol_files: dict[str, ProtocolFile] = field(default_factory=dict)
     file: str | None = None
+    distances: tuple[int, ...] = (1, 2, 3)
+    cameras: tuple[int, ...] = (1, 2, 3, 4, 5)
 
     def where_to_get(self) -> str:
         """The manifest's download hint: source text and url, or a generic hint."""
@@ -227,6 +246,10 @@ def load_manifest(path: str | Path) -> Manifest:
     if kind != "builtin" and not root_text:
         raise DataError(f"{where}: kind {kind!r} needs 'root' (the image folder)")
     images = _image_settings(raw, kind, where)
+    if kind in LAYOUT_KINDS and images["image_size"] is None:
+        raise DataError(
+            f"{where}: kind {kind!r} needs 'image_size' = [H, W]: every crop is resized to it"
+        )
     source = _get(raw, "source", dict, where, {})
     bad_src = sorted(set(source) - {"url", "text"})
     if bad_src:
@@ -309,10 +332,12 @@ def _protocol_settings(raw: dict, kind: str, base: Path, where: str) -> dict[str
         )
     if pair_kind and ptype != "lfw-pairs":
         raise DataError(f"{where}: kind {kind!r} needs protocol type 'lfw-pairs', got {ptype!r}")
-    if kind in ("identity-folders", "recordio") and ptype != "identity-folds":
-        raise DataError(
-            f"{where}: kind {kind!r} uses protocol type 'identity-folds', got {ptype!r}"
-        )
+    want = {"identity-folders": "identity-folds", "recordio": "identity-folds"}
+    want |= {"scface": "identity-folds", "tinyface": "fixed-split"}
+    if kind in want and ptype != want[kind] and (kind != "tinyface" or "type" in proto):
+        raise DataError(f"{where}: kind {kind!r} uses protocol type {want[kind]!r}, got {ptype!r}")
+    if kind == "tinyface":
+        ptype = "fixed-split"
     file = _get(raw, "file", str, where, "train.rec" if kind == "recordio" else None)
     if kind == "insightface-bin" and not file:
         raise DataError(f"{where}: kind 'insightface-bin' needs 'file' (e.g. \"lfw.bin\")")
@@ -342,7 +367,26 @@ def _protocol_settings(raw: dict, kind: str, base: Path, where: str) -> dict[str
         "image_pattern": pattern,
         "protocol_files": files,
         "file": file,
+        **_scface_settings(proto, kind, where),
     }
+
+
+def _scface_settings(proto: dict, kind: str, where: str) -> dict[str, tuple[int, ...]]:
+    """[protocol] distances and cameras (kind scface only): non-empty lists of known values."""
+    out = {}
+    for key, known in (("distances", _SCFACE_DISTANCES), ("cameras", _SCFACE_CAMERAS)):
+        value = _get(proto, key, list, f"{where} [protocol]")
+        if value is None:
+            continue
+        if kind != "scface":
+            raise DataError(f"{where}: [protocol] {key} is only used by kind 'scface'")
+        if not value or not all(v in known and type(v) is int for v in value):
+            raise DataError(
+                f"{where}: [protocol] {key} must be a non-empty list of {list(known)}, got "
+                f"{value!r}"
+            )
+        out[key] = tuple(sorted(set(value)))
+    return out
 
 
 def _protocol_files(proto: dict, base: Path, where: str) -> dict[str, ProtocolFile]:

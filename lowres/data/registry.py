@@ -6,6 +6,9 @@ separated), the repository's ``data_manifests/`` and ``./data_manifests``; the f
 with a given name wins. A ``kind = "builtin"`` manifest only adds documentation to its builtin.
 InsightFace files load by path without a manifest: ``x.bin`` (verification set) and
 ``train.rec`` or a folder holding it (RecordIO pack); see ``lowres.data.insightface``.
+Manifests of kind ``tinyface`` and ``scface`` read those sets in their published layouts
+(:mod:`lowres.data.tinyface`, :mod:`lowres.data.scface`): a test set with gallery/probe roles,
+and for TinyFace its own training split and distractor set (:func:`load_distractor_role`).
 """
 
 from __future__ import annotations
@@ -19,23 +22,40 @@ from pathlib import Path
 
 import torch
 
-from lowres.data.dataset import FaceDataset
+from lowres.data.dataset import GALLERY, PROBE, FaceDataset
 from lowres.data.images import IMAGE_EXTENSIONS, cached_images, decode_image, load_identity_folders
 from lowres.data.insightface import load_bin, load_rec_pack
-from lowres.data.manifest import Manifest, load_manifest, require_file, require_root
+from lowres.data.manifest import (
+    LAYOUT_KINDS,
+    Manifest,
+    load_manifest,
+    require_file,
+    require_root,
+)
 from lowres.data.mnist import load_mnist, mnist_split
 from lowres.data.orl import load_orl
 from lowres.data.protocols import identity_folds, pair_counts, read_lfw_pairs
+from lowres.data.scface import load_scface
 from lowres.data.synthetic import load_synth, split_labels
+from lowres.data.tinyface import (
+    load_tinyface_distractors,
+    load_tinyface_split,
+    load_tinyface_test,
+    require_training_set,
+    tinyface_train_labels,
+)
 from lowres.errors import ConfigError, DataError
 
 __all__ = [
     "check_dataset",
+    "check_training_part",
     "get_split",
     "get_split_labels",
+    "has_distractor_role",
     "has_own_split",
     "list_datasets",
     "load_dataset",
+    "load_distractor_role",
     "manifest_dirs",
     "protocol_summary",
     "split_dataset",
@@ -284,6 +304,34 @@ def _load_pairs(m: Manifest, cache_dir) -> FaceDataset:
     return _check_size(ds, m)
 
 
+def _load_layout(m: Manifest, *, preset: str | None, cache_dir) -> FaceDataset:
+    """A published-layout set: TinyFace's test set, or all of SCface (roles on every image)."""
+    if m.kind == "tinyface":
+        return load_tinyface_test(m, preset=preset, cache_dir=cache_dir)
+    return load_scface(m, preset=preset, cache_dir=cache_dir)
+
+
+def _tinyface_builtin(m: Manifest) -> _Builtin:
+    """TinyFace's fixed split (Training_Set / Testing_Set) as a loader-split dataset, so
+    training code asks it for Training_Set, never the test set."""
+
+    def split(*, fold: int, seed: int, preset: str | None):
+        return load_tinyface_split(m, fold=fold, preset=preset)
+
+    def test(*, fold: int, seed: int, preset: str | None):
+        if fold != 0:
+            raise DataError(f"dataset {m.name!r} has one fixed test split (fold 0), got {fold}")
+        return load_tinyface_test(m, preset=preset)
+
+    def labels(*, fold: int, seed: int, preset: str | None):
+        return tinyface_train_labels(m), test(fold=fold, seed=seed, preset=preset).labels
+
+    def load(*, seed: int, preset: str | None, cache_dir):
+        return load_tinyface_test(m, preset=preset, cache_dir=cache_dir)
+
+    return _Builtin(m.description, "PIL", load, split, test, labels)
+
+
 def _load_manifest_dataset(m: Manifest, *, seed: int, preset: str | None, cache_dir) -> FaceDataset:
     if m.kind == "builtin":
         if m.builtin not in _BUILTINS:
@@ -303,6 +351,8 @@ def _load_manifest_dataset(m: Manifest, *, seed: int, preset: str | None, cache_
             path, name=m.name, channels=m.channels, cache_dir=cache_dir, meta=m.meta(), **extra
         )
         return _check_size(ds, m)
+    if m.kind in LAYOUT_KINDS:
+        return _load_layout(m, preset=preset, cache_dir=cache_dir)
     root = require_root(m)
     ds = load_identity_folders(
         root,
@@ -400,8 +450,11 @@ def split_dataset(
 
 
 def _builtin_of(name: str | Path) -> _Builtin | None:
-    """The builtin behind ``name`` (its own name or a builtin-kind manifest), else None."""
+    """The builtin behind ``name`` (its own name or a builtin-kind manifest; a TinyFace
+    manifest's fixed split), else None."""
     resolved, m = _resolve(name)
+    if m is not None and m.kind == "tinyface":
+        return _tinyface_builtin(m)
     builtin = m.builtin if m is not None and m.kind == "builtin" else resolved
     return _BUILTINS.get(builtin)
 
@@ -444,6 +497,30 @@ def check_dataset(name: str | Path) -> None:
         require_file(m)  # the root folder first, then the file it names, if any
 
 
+def check_training_part(name: str | Path) -> None:
+    """Fail early when models are to train on ``name`` and its training part is missing (a
+    TinyFace copy without Training_Set); every other set splits its own images."""
+    _, m = _resolve(name)
+    if m is not None and m.kind == "tinyface":
+        require_training_set(m)
+
+
+def has_distractor_role(name: str | Path) -> bool:
+    """True when the dataset brings its own distractor set (a TinyFace manifest: its
+    Gallery_Distractor folder), found without loading an image."""
+    _, m = _resolve(name)
+    return m is not None and m.kind == "tinyface"
+
+
+def load_distractor_role(name: str | Path, *, cache_dir=None) -> FaceDataset | None:
+    """The dataset's own distractor set (:func:`has_distractor_role`), or None when it has
+    none."""
+    _, m = _resolve(name)
+    if m is None or m.kind != "tinyface":
+        return None
+    return load_tinyface_distractors(m, cache_dir=cache_dir)
+
+
 def has_own_split(name: str | Path) -> bool:
     """True when ``get_split`` asks the dataset's loader (synth) instead of splitting images."""
     b = _builtin_of(name)
@@ -478,6 +555,8 @@ def protocol_summary(
         split: (train labels, test labels) from :func:`get_split_labels` for datasets split by
             their own loader (all-vs-all on the test part).
     """
+    if ds.roles is not None:
+        return _role_summary(ds, fold=fold, seed=seed, split=split)
     lines = []
     if ds.pairs is not None:
         p = ds.pairs
@@ -528,3 +607,35 @@ def protocol_summary(
 
 def _n_ids(labels: torch.Tensor) -> int:
     return int(torch.unique(labels).numel())
+
+
+def _role_lines(labels: torch.Tensor, roles: torch.Tensor) -> list[str]:
+    """A set with gallery/probe roles: its counts and its gallery x probe verification pairs."""
+    gallery, probes = labels[roles == GALLERY], labels[roles == PROBE]
+    k = int(labels.max()) + 1 if labels.numel() else 0
+    genuine = int(
+        (torch.bincount(gallery, minlength=k) * torch.bincount(probes, minlength=k)).sum()
+    )
+    total = gallery.numel() * probes.numel()
+    return [
+        f"roles: {gallery.numel()} gallery images ({_n_ids(gallery)} ids), {probes.numel()} "
+        f"probes ({_n_ids(probes)} ids)",
+        f"gallery x probe pairs: {genuine} genuine, {total - genuine} impostor",
+    ]
+
+
+def _role_summary(ds: FaceDataset, *, fold: int, seed: int, split) -> list[str]:
+    """:func:`protocol_summary` of a set with roles (TinyFace, SCface): the split, then the
+    test part's roles and verification pairs."""
+    if split is not None:  # the loader's fixed split (TinyFace): ds is its test set
+        train_labels, test = split[0], ds
+        lines = [f"fixed split: train {_n_ids(train_labels)} ids / {train_labels.numel()} images"]
+    else:
+        train, test = split_dataset(ds, fold=fold, seed=seed)
+        n = (ds.meta.get("protocol", {}) or {}).get("n_folds", 4)
+        lines = [
+            f"identity-disjoint folds: {n} (seed {seed})",
+            f"fold {fold}: train {train.num_identities} ids / {len(train)} images",
+        ]
+    lines.append(f"test: {test.num_identities} ids / {len(test)} images")
+    return lines + _role_lines(test.labels, test.roles)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lowres.cells import CellStore, cell_metric_rows, pair_scores
+from lowres.cells import CellStore, cell_metric_rows, pair_scores, role_pairs
 from lowres.data import get_test_split
 from lowres.embed import embed_many, pick_device
 from lowres.errors import ConfigError
@@ -37,9 +37,15 @@ def sweep_test_split(config: SweepConfig, fold: int):
 
 
 def protocol_pairs(test) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """(idx_a, idx_b, issame, pair_folds or None) of a test set: its fixed pair list, or every
-    pair i < j (all-vs-all) up to :data:`MAX_PAIRS`."""
+    """(idx_a, idx_b, issame, pair_folds or None) of a test set: its fixed pair list, every
+    gallery image with every probe for a set with roles, or every pair i < j (all-vs-all); the
+    last two up to :data:`MAX_PAIRS`."""
     labels = test.labels.numpy()
+    roles = getattr(test, "roles", None)
+    if roles is not None:
+        idx_a, idx_b = role_pairs(roles.numpy())
+        _check_pair_count(test, idx_a.size, f"{labels.size} images ({idx_a.size:,} gallery x probe")
+        return idx_a, idx_b, labels[idx_a] == labels[idx_b], None
     pairs = getattr(test, "pairs", None)
     if pairs is not None:
         if pairs.idx_a is None or pairs.idx_b is None:
@@ -53,14 +59,18 @@ def protocol_pairs(test) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
             pairs.fold.numpy().astype(np.int64),
         )
     n_pairs = labels.size * (labels.size - 1) // 2
-    if n_pairs > MAX_PAIRS:
-        raise ConfigError(
-            f"{test.name}'s test split has {labels.size} images ({n_pairs:,} all-vs-all pairs); "
-            f"sweeps store every pair score and allow at most {MAX_PAIRS:,}: use a smaller "
-            "preset or a dataset with a fixed pair list"
-        )
+    _check_pair_count(test, n_pairs, f"{labels.size} images ({n_pairs:,} all-vs-all")
     idx_a, idx_b = np.triu_indices(labels.size, k=1)
     return idx_a, idx_b, labels[idx_a] == labels[idx_b], None
+
+
+def _check_pair_count(test, n_pairs: int, what: str) -> None:
+    if n_pairs > MAX_PAIRS:
+        raise ConfigError(
+            f"{test.name}'s test split has {what} pairs); sweeps store every pair score and "
+            f"allow at most {MAX_PAIRS:,}: use a smaller preset or a dataset with a fixed pair "
+            "list"
+        )
 
 
 def check_pairs(test, fold: int) -> None:
@@ -89,6 +99,7 @@ class Unit:
     chain: Any
     fars: tuple[float, ...]
     keys: dict[tuple[str, float], dict[str, Any]]
+    distractors: Any = None  # FaceDataset of the distractors (lowres.sweep.distractors), or None
 
     def index(self, name: str, scale: float) -> tuple[str, int, int, float]:
         """The cell index of model ``name`` at ``scale`` in this unit."""
@@ -136,10 +147,14 @@ def _embedder(unit: Unit, images: torch.Tensor, device, timings: dict[str, float
     return run
 
 
-def _write_one(unit: Unit, store: CellStore, name: str, scale: float, gallery, probe, protocol):
+def _write_one(
+    unit: Unit, store: CellStore, name: str, scale: float, gallery, probe, protocol, distractors
+):
     """Score one model at one scale from its gallery and probe features and write the cell;
     returns its table rows. An identification protocol adds its search arrays and rows
-    (:func:`lowres.sweep.protocols.protocol_cell`); a verification cell is as it always was."""
+    (:func:`lowres.sweep.protocols.protocol_cell`, searching the ``distractors`` features too
+    when there are any); a verification cell is as it always was; a set with roles also
+    stores them (its pairs are gallery x probe)."""
     idx_a, idx_b, issame, pair_folds = protocol
     t0 = time.perf_counter()
     # Metrics are computed from the float32 scores stored in the cell, the same numbers
@@ -175,6 +190,9 @@ def _write_one(unit: Unit, store: CellStore, name: str, scale: float, gallery, p
         pair_folds=pair_folds if fixed else np.zeros(0, np.int64),
         **{f"flag_{k}": v for k, v in flags.items()},
     )
+    roles = getattr(unit.test, "roles", None)
+    if roles is not None:
+        arrays["roles"] = roles.numpy().astype(np.uint8)
     id_arrays, id_rows = protocol_cell(
         unit.config.protocol,
         arrays["labels"],
@@ -182,6 +200,8 @@ def _write_one(unit: Unit, store: CellStore, name: str, scale: float, gallery, p
         probe.features,
         unit.fars,
         template_size=template_size_of(unit.config),
+        roles=arrays.get("roles"),
+        distractors=distractors,
     )
     arrays.update(id_arrays)
     rows = rows + id_rows
@@ -194,6 +214,37 @@ def _write_one(unit: Unit, store: CellStore, name: str, scale: float, gallery, p
         seconds=time.perf_counter() - t0,
     )
     return rows
+
+
+class _DistractorSide:
+    """The distractors' features of a unit, embedded like the gallery side: once clean with
+    ``pairing="probe"`` (on first use, for every model that needs a cell), at each scale with
+    ``"both"``; nothing when the unit has no distractors."""
+
+    def __init__(self, unit: Unit, device, timings: dict[str, float]):
+        self.unit = unit
+        self.clean: dict | None = None
+        ds = unit.distractors
+        self.n = 0 if ds is None else len(ds)
+        self.run = None if ds is None else _embedder(unit, ds.images.to(device), device, timings)
+
+    def features(self, models: dict[str, Prepared], scale: float, counts: Counts):
+        """name -> Embeddings of the distractors for ``models`` at ``scale`` (None without
+        distractors), counted in ``counts``."""
+        if self.run is None:
+            return None
+        if scale == 1.0 or self.unit.config.pairing == "probe":
+            clean = self.clean or {}
+            models = {n: p for n, p in models.items() if n not in clean}
+            scale = 1.0
+        if models:
+            counts.images += self.n
+            counts.model_images += self.n * len(models)
+            found = self.run(models, scale)
+            if scale != 1.0:
+                return found
+            self.clean = (self.clean or {}) | found
+        return self.clean
 
 
 def compute_cells(
@@ -215,6 +266,7 @@ def compute_cells(
     need = {p.entry.name: p for ps in missing.values() for p in ps}
     total = sum(len(v) for v in missing.values())
     run = _embedder(unit, images, device, timings)
+    side = _DistractorSide(unit, device, timings)
     t_start = time.perf_counter()
     where = f"fold {unit.fold} seed {unit.seed}"
     with Stage(f"{where}: cells", total, log=log, step_lines=True) as stage:
@@ -230,11 +282,13 @@ def compute_cells(
                 emb = run({p.entry.name: p for p in todo}, scale)
                 counts.images += images.shape[0]
                 counts.model_images += images.shape[0] * len(todo)
+            d_emb = side.features({p.entry.name: p for p in todo}, scale, counts)
             for p in todo:
                 t0 = time.perf_counter()
                 name = p.entry.name
                 gallery = clean[name] if config.pairing == "probe" else emb[name]
-                rows = _write_one(unit, store, name, scale, gallery, emb[name], protocol)
+                d_feats = None if d_emb is None else d_emb[name].features
+                rows = _write_one(unit, store, name, scale, gallery, emb[name], protocol, d_feats)
                 timings["score"] += time.perf_counter() - t0
                 counts.cells += 1
                 stage.advance(

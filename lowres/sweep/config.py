@@ -105,6 +105,10 @@ class SweepConfig:
             each test fold's model trains on the other identities of ``data``.
         template_size: images (media) per template of ``protocol="template"`` (None:
             :data:`DEFAULT_TEMPLATE_SIZE`); set with another protocol it is refused.
+        distractors: identification / open-set only: ``synth``, a dataset, a folder of faces
+            or ``none`` whose images join every search as nobody's mate
+            (:mod:`lowres.sweep.distractors`); None: the dataset's own distractors if it has
+            some (TinyFace), else none.
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -136,6 +140,7 @@ class SweepConfig:
     variants: dict[str, dict] | None = None
     train_data: str | None = None
     template_size: int | None = None
+    distractors: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form for provenance; ``template_size`` only when set, so the other

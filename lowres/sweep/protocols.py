@@ -43,6 +43,17 @@ within the fold, counted together under one threshold); the rank-1 and template 
 
 The gallery holds the clean features with ``pairing="probe"`` (the degraded ones with
 ``"both"``); probes are degraded. Verification rows are computed for every protocol as before.
+
+Sets with fixed roles (``FaceDataset.roles``: TinyFace's Gallery_Match / Probe folders, SCface's
+mugshots / surveillance cameras) keep them: the gallery is every role-gallery image (an
+identity with several scores its best, :mod:`lowres.identification`), the probes are the
+role-probe images; open-set enrols half the identities as above, and the role-probe images of
+the others are the non-mated probes.
+
+Distractors (``lowres sweep --distractors``, :mod:`lowres.sweep.distractors`): features of
+people in no gallery, embedded like the gallery side, join every search as candidates that are
+nobody's mate, each image its own candidate (the rule of TinyFace's evaluation); such cells
+also hold ``id_distractors`` (their count). Without distractors the cells are as before.
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from lowres.cells import CellStore
+from lowres.data.dataset import GALLERY, PROBE
 from lowres.errors import ConfigError, DataError
 from lowres.identification import (
     bootstrap_rank_k,
@@ -99,8 +111,11 @@ def check_protocol_name(protocol: str) -> None:
         )
 
 
-def protocol_sets(labels: np.ndarray, protocol: str) -> ProtocolSets:
-    """Gallery, mated and non-mated probe indices of a split (module docstring for the rules)."""
+def protocol_sets(
+    labels: np.ndarray, protocol: str, roles: np.ndarray | None = None
+) -> ProtocolSets:
+    """Gallery, mated and non-mated probe indices of a split (module docstring for the rules);
+    ``roles``: the split's fixed gallery/probe roles, if it has them."""
     labels = np.asarray(labels, dtype=np.int64)
     ids, first = np.unique(labels, return_index=True)
     if protocol == "open-set":
@@ -108,6 +123,8 @@ def protocol_sets(labels: np.ndarray, protocol: str) -> ProtocolSets:
         enrolled = np.sort(ids[order[: max(1, ids.size // 2)]])
     else:
         enrolled = ids
+    if roles is not None:
+        return role_sets(labels, np.asarray(roles), enrolled)
     gallery = np.sort(first[np.isin(ids, enrolled)])
     is_gallery = np.zeros(labels.size, bool)
     is_gallery[gallery] = True
@@ -155,6 +172,8 @@ def check_protocol(test, fold: int, protocol: str, template_size: int | None = N
         size = DEFAULT_TEMPLATE_SIZE if template_size is None else template_size
         check_templates(ids, counts, f"fold {fold} of {test.name}", size)
         return
+    if getattr(test, "roles", None) is not None:
+        return check_role_protocol(test, fold, protocol)
     if protocol == "identification" and (counts < 2).any():
         bad = int(ids[np.argmax(counts < 2)])
         raise DataError(
@@ -177,26 +196,33 @@ def protocol_cell(
     probe,
     fars: Sequence[float],
     template_size: int | None = None,
+    *,
+    roles: np.ndarray | None = None,
+    distractors=None,
 ):
     """(arrays, rows) a cell adds for ``protocol`` from its gallery and probe features (torch
-    (N, D) each; ``template_size``: images per template of ``template``, None for
-    :data:`~lowres.sweep.config.DEFAULT_TEMPLATE_SIZE`); ``({}, [])`` for verification, whose
-    cells stay as they were."""
+    (N, D) each); ``({}, [])`` for verification, whose cells stay as they were.
+    ``template_size``: images per template of ``template``, None for
+    :data:`~lowres.sweep.config.DEFAULT_TEMPLATE_SIZE`; ``roles``: the split's fixed roles;
+    ``distractors``: (M, D) features of people in no gallery, or None."""
     if protocol == "verification":
         return {}, []
     labels = np.asarray(labels, dtype=np.int64)
     if protocol == "template":
         size = DEFAULT_TEMPLATE_SIZE if template_size is None else template_size
         return template_cell(labels, gallery, probe, fars, size)
-    sets = protocol_sets(labels, protocol)
+    sets = protocol_sets(labels, protocol, roles)
     g = gallery.float()[sets.gallery]
     p = probe.float()
+    extra = {} if distractors is None else {"distractors": distractors.float()}
     if protocol == "identification":
-        search = closed_set_search(g, labels[sets.gallery], p[sets.probes], labels[sets.probes])
+        search = closed_set_search(
+            g, labels[sets.gallery], p[sets.probes], labels[sets.probes], **extra
+        )
         nonmated_top = np.zeros(0, np.float32)
     else:
         found = open_set_search(
-            g, labels[sets.gallery], p[sets.probes], labels[sets.probes], p[sets.nonmated]
+            g, labels[sets.gallery], p[sets.probes], labels[sets.probes], p[sets.nonmated], **extra
         )
         search, nonmated_top = found.mated, found.nonmated_top_scores.astype(np.float32)
     arrays = dict(
@@ -206,8 +232,11 @@ def protocol_cell(
         id_top=search.top_scores.astype(np.float32),
         id_nonmated=sets.nonmated.astype(np.int32),
         id_nonmated_top=nonmated_top,
-        id_gallery_size=np.array([sets.gallery.size], np.int64),
+        # gallery identities (one image each unless the set has roles)
+        id_gallery_size=np.array([np.unique(labels[sets.gallery]).size], np.int64),
     )
+    if distractors is not None:
+        arrays["id_distractors"] = np.array([distractors.shape[0]], np.int64)
     return arrays, protocol_rows(protocol, arrays, fars)
 
 
@@ -526,3 +555,46 @@ def template_rules(template_size: int) -> dict[str, Any]:
         "gallery side, t on the probe side; genuine = same identity, every other pair impostor",
         "tar": "exact TAR at FAR over template pairs, Clopper-Pearson interval",
     }
+
+
+# --------------------------------------------------------------------------------------------
+# sets whose published protocol fixes gallery and probe (FaceDataset.roles)
+# --------------------------------------------------------------------------------------------
+
+
+def role_sets(labels: np.ndarray, roles: np.ndarray, enrolled: np.ndarray) -> ProtocolSets:
+    """Gallery, mated and non-mated probes of a split with fixed roles: the role-gallery images
+    of the ``enrolled`` identities, their role-probe images, the others' role-probe images."""
+    in_enrolled = np.isin(labels, enrolled)
+    is_probe = roles == PROBE
+    return ProtocolSets(
+        np.flatnonzero((roles == GALLERY) & in_enrolled),
+        np.flatnonzero(is_probe & in_enrolled),
+        np.flatnonzero(is_probe & ~in_enrolled),
+    )
+
+
+def check_role_protocol(test, fold: int, protocol: str) -> None:
+    """DataError when a split with fixed roles cannot hold ``protocol``: no probe, or (closed
+    set) a probe identity without a gallery image."""
+    labels = test.labels.numpy().astype(np.int64)
+    roles = test.roles.numpy()
+    probes, gallery = labels[roles == PROBE], labels[roles == GALLERY]
+    if probes.size == 0 or gallery.size == 0:
+        raise DataError(
+            f"fold {fold} of {test.name} has {gallery.size} gallery and {probes.size} probe "
+            f"images; {protocol} needs both (check the set's folders)"
+        )
+    orphans = np.setdiff1d(probes, gallery)
+    if protocol == "identification" and orphans.size:
+        raise DataError(
+            f"identity {test.identities[int(orphans[0])]!r} of fold {fold} of {test.name} has "
+            f"probes but no gallery image ({orphans.size} such identities); closed-set "
+            "identification needs every probe enrolled: add its gallery image, or use "
+            "--protocol open-set"
+        )
+    if protocol == "open-set" and protocol_sets(labels, protocol, roles).probes.size == 0:
+        raise DataError(
+            f"fold {fold} of {test.name}: no enrolled identity has a probe image, so open-set "
+            "has no mated probe"
+        )

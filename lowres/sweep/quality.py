@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lowres import metrics as M
-from lowres.cells import CellStore
+from lowres.cells import CellStore, cell_pair_indices
 from lowres.quality import (
     DISCARD_FRACTIONS,
     ProbeErrors,
@@ -47,11 +47,7 @@ def _unit(store: CellStore, name: str, fold: int, seed: int, scale: float, thres
     """(relative norms, ProbeErrors) of one cell; identities are offset by the caller."""
     arrays = store.arrays((name, fold, seed, scale))
     labels = arrays["labels"].astype(np.int64)
-    probe = (
-        arrays["pair_b"].astype(np.int64)
-        if arrays["pair_b"].size
-        else np.triu_indices(labels.size, k=1)[1]
-    )
+    probe = cell_pair_indices(arrays)[1]
     errors = probe_errors(arrays["scores"], arrays["issame"], probe, labels, threshold)
     return arrays["norms"].astype(np.float64), errors
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from lowres import shards
 from lowres.cells import CellStore, cell_key, open_out_dir, settings_fingerprint
+from lowres.data.registry import check_training_part
 from lowres.degrade import DEFAULT, parse_degrade
 from lowres.errors import ConfigError
 from lowres.files import atomic_write_json
@@ -32,6 +33,7 @@ from lowres.sweep.config import (
     template_size_of,
     validate_fars,
 )
+from lowres.sweep.distractors import DistractorSet, resolve_distractors
 from lowres.sweep.models import (
     ModelEntry,
     Prepared,
@@ -63,6 +65,13 @@ class Plan:
     tests: dict[int, Any]
     grid: list[tuple[float, int]]
     fingerprint: dict[str, Any]
+    distractors: DistractorSet | None = None
+
+    def dataset_label(self) -> str:
+        """The ``dataset`` column of the sweep's rows: the test set's name, with its
+        distractors when it has some (:meth:`DistractorSet.label`)."""
+        name = self.tests[self.folds[0]].name
+        return name if self.distractors is None else self.distractors.label(name)
 
 
 @dataclass
@@ -121,6 +130,9 @@ def plan_sweep(config: SweepConfig) -> Plan:
         check_pairs(test, fold)
         check_protocol(test, fold, config.protocol, template_size_of(config))
     check_training_data(config)
+    if config.train_data is None and any(e.kind == "method" for e in entries):
+        check_training_part(config.data)
+    distractors = resolve_distractors(config, tests[folds[0]])
     fingerprint = settings_fingerprint(
         data=config.data,
         preset=config.preset,
@@ -130,9 +142,23 @@ def plan_sweep(config: SweepConfig) -> Plan:
         folds=folds,
         protocol=config.protocol,
         template_size=template_size_of(config),
+        distractors=None if distractors is None else distractors.key(),
     )
     grid = probe_grid(config, tests[folds[0]].image_size[1])
-    return Plan(config, entries, folds, seeds, fars, shard, owners, chain, tests, grid, fingerprint)
+    return Plan(
+        config,
+        entries,
+        folds,
+        seeds,
+        fars,
+        shard,
+        owners,
+        chain,
+        tests,
+        grid,
+        fingerprint,
+        distractors,
+    )
 
 
 def _run_unit(plan: Plan, fold: int, seed: int, progress: Progress, timings, on_cell) -> None:
@@ -166,6 +192,8 @@ def _run_unit(plan: Plan, fold: int, seed: int, progress: Progress, timings, on_
         for scale, size in plan.grid
     }
     unit = Unit(plan.config, fold, seed, test, prepared, plan.grid, plan.chain, plan.fars, keys)
+    if plan.distractors is not None:
+        unit.distractors = plan.distractors.dataset
     missing: dict[float, list[Prepared]] = {}
     for p in prepared:
         for scale, _ in plan.grid:
@@ -183,11 +211,16 @@ def _run_unit(plan: Plan, fold: int, seed: int, progress: Progress, timings, on_
 def _provenance(plan: Plan) -> dict[str, Any]:
     """The provenance a sweep writes before its first cell (``status: running``)."""
     test = plan.tests[plan.folds[0]]
+    dataset: dict[str, Any] = {"name": test.name, "image_size": list(test.image_size)}
+    if plan.distractors is not None:
+        dataset["distractors"] = plan.distractors.key() | {"label": plan.dataset_label()}
+    if getattr(test, "roles", None) is not None:
+        dataset["roles"] = "fixed by the set: gallery and probe images as its folders say"
     return {
         "settings": plan.fingerprint,
         "status": "running",
         "config": plan.config.to_json(),
-        "dataset": {"name": test.name, "image_size": list(test.image_size)},
+        "dataset": dataset,
         "degradation": {"chain": str(plan.chain), "hash": plan.chain.hash()},
         "versions": versions(RESULT_LIBRARIES),
         "git_revision": git_revision(),
@@ -252,7 +285,7 @@ def run_sweep(
             **table_provenance(progress.model_info, plan.grid, plan.fars, config),
         )
         context = {
-            "dataset": provenance["dataset"]["name"],
+            "dataset": plan.dataset_label(),
             "pairing": config.pairing,
             "degrade": str(plan.chain),
             "degrade_hash": plan.chain.hash(),

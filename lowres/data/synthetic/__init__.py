@@ -40,7 +40,10 @@ learned model has the fine cues, and pose/light invariance, left to win.
 
 Identity ranges: train identities use global indices ``0 .. n-1``; test fold ``f`` uses
 ``TEST_BASE + f * TEST_BLOCK + (0 .. n-1)``, so train and test (and different test folds) are
-disjoint by construction, and so are their families.
+disjoint by construction, and so are their families. The distractor split (one face of each of
+the preset's ``distractor_identities``, for ``lowres sweep --distractors synth``) uses
+``DISTRACTOR_BASE + (0 .. n-1)``, above every test fold: people no model trained on and no
+gallery holds.
 
 Example:
     >>> ids = sample_identities(4, seed=0)
@@ -51,6 +54,7 @@ Example:
 
 from lowres.data.synthetic.knobs import (
     DEFAULT_KNOBS,
+    DISTRACTOR_BASE,
     PRESETS,
     TEST_BASE,
     TEST_BLOCK,
@@ -76,6 +80,7 @@ from lowres.data.synthetic.sheets import (
     write_sheets,
 )
 from lowres.data.synthetic.split import (
+    SPLITS,
     SynthSplit,
     identity_indices,
     is_cached_size,
@@ -87,7 +92,9 @@ from lowres.data.synthetic.split import (
 
 __all__ = [
     "DEFAULT_KNOBS",
+    "DISTRACTOR_BASE",
     "PRESETS",
+    "SPLITS",
     "TEST_BASE",
     "TEST_BLOCK",
     "IdentityParams",

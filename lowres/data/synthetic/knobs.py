@@ -12,6 +12,12 @@ TEST_BASE = 1 << 40
 """First global identity index of the test blocks (train indices stay below it)."""
 TEST_BLOCK = 1 << 32
 """Index stride between test folds: fold f owns ``TEST_BASE + f * TEST_BLOCK + [0, 2^32)``."""
+MAX_TEST_FOLDS = 256
+"""Test folds 0..255: together they own ``[TEST_BASE, TEST_BASE + 256 * TEST_BLOCK)``."""
+DISTRACTOR_BASE = TEST_BASE + MAX_TEST_FOLDS * TEST_BLOCK
+"""First global identity index of the distractor split (``2^41``): above every test fold and
+every training index, so distractors are people no model trained on and no gallery holds (and,
+the base being a multiple of any family size up to 2^41, no sibling of either)."""
 MAX_IMAGES_PER_IDENTITY = 1 << 16
 SWEEP_SCALES = (1.0, 0.5, 0.25, 0.125, 0.0625)
 
@@ -117,6 +123,9 @@ class SynthPreset:
     size: tuple[int, int]
     render_size: tuple[int, int]
     channels: int
+    distractor_identities: int = 1000
+    """Identities of the ``distractor`` split (one image each): the non-mated gallery entries
+    of ``lowres sweep --distractors synth``."""
 
 
 CACHE_MAX_BYTES = 16 << 30
@@ -132,7 +141,7 @@ PRESETS: dict[str, SynthPreset] = {
     # 400k colour 112x96 training images; 1,000 x 6 test images -> 15,000 genuine and ~18M
     # impostor pairs: TAR@1e-4 well supported, and under the sweep's MAX_PAIRS (it stores every
     # pair score of every cell), so `lowres sweep --preset gpu` runs.
-    "gpu": SynthPreset(20000, 20, 1000, 6, (112, 96), (112, 96), 3),
+    "gpu": SynthPreset(20000, 20, 1000, 6, (112, 96), (112, 96), 3, 10000),
 }
 
 

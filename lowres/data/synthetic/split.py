@@ -15,7 +15,9 @@ from lowres.data.images import cached_images
 from lowres.data.synthetic.knobs import (
     CACHE_MAX_BYTES,
     DEFAULT_KNOBS,
+    DISTRACTOR_BASE,
     MAX_IMAGES_PER_IDENTITY,
+    MAX_TEST_FOLDS,
     PRESETS,
     TEST_BASE,
     TEST_BLOCK,
@@ -56,28 +58,37 @@ class SynthSplit:
     sample_seed: int
 
 
+SPLITS = ("train", "test", "distractor")
+"""The synth splits: training identities, a test fold, and the distractors (people in neither)."""
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"synth split must be one of {', '.join(SPLITS)}, got {split!r}")
+
+
 def identity_indices(split: str, num_identities: int, fold: int = 0) -> torch.Tensor:
-    """Global identity indices of a split: train ``0..n-1``; test fold f from ``TEST_BASE``.
+    """Global identity indices of a split: train ``0..n-1``; test fold f from ``TEST_BASE``;
+    distractors from ``DISTRACTOR_BASE`` (one block for every fold).
 
     Args:
-        split: "train" or "test".
-        num_identities: n >= 1 (train: < TEST_BASE; test: < TEST_BLOCK).
-        fold: test block number (ignored for train), 0 <= fold < 256.
+        split: "train", "test" or "distractor".
+        num_identities: n >= 1 (train: < TEST_BASE; test and distractor: < TEST_BLOCK).
+        fold: test block number (used by test only), 0 <= fold < 256.
 
     Returns:
         int64 (n,).
     """
-    if split not in ("train", "test"):
-        raise ConfigError(f"synth split must be 'train' or 'test', got {split!r}")
+    _check_split(split)
     if isinstance(num_identities, bool) or not isinstance(num_identities, int):
         raise ConfigError(f"num_identities must be an int >= 1, got {num_identities!r}")
     limit = TEST_BASE if split == "train" else TEST_BLOCK
     if not 1 <= num_identities < limit:
         raise ConfigError(f"num_identities must be in 1..{limit - 1}, got {num_identities}")
-    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < 256:
-        raise ConfigError(f"synth fold must be an int in 0..255, got {fold!r}")
-    base = 0 if split == "train" else TEST_BASE + fold * TEST_BLOCK
-    return base + torch.arange(num_identities, dtype=torch.int64)
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < MAX_TEST_FOLDS:
+        raise ConfigError(f"synth fold must be an int in 0..{MAX_TEST_FOLDS - 1}, got {fold!r}")
+    base = {"train": 0, "test": TEST_BASE + fold * TEST_BLOCK, "distractor": DISTRACTOR_BASE}
+    return base[split] + torch.arange(num_identities, dtype=torch.int64)
 
 
 def check_size(size, what: str) -> tuple[int, int]:
@@ -154,15 +165,18 @@ def make_split(
     device: torch.device | str | None = None,
     cache: bool = True,
 ) -> SynthSplit:
-    """Render a train split or a test fold; ``None`` arguments come from ``PRESETS[preset]``.
+    """Render a train split, a test fold or the distractors; ``None`` arguments come from
+    ``PRESETS[preset]``.
 
     Splits up to :data:`CACHE_MAX_BYTES` are rendered once and then read from the decoded-image
     cache (``$LOWRES_CACHE/decoded``; the cpu preset's 16,000 training faces are 43 MB and take
     about half a minute to render); ``cache=False`` always renders.
 
     Train and test identities are disjoint by construction (``identity_indices``), and test
-    folds are disjoint from each other. The test split of the cpu preset (300 identities x 5
-    images) gives 3,000 genuine and 1,121,250 impostor all-vs-all pairs.
+    folds are disjoint from each other; the distractor split (one image of each of the preset's
+    ``distractor_identities``, the same for every fold) is disjoint from all of them. The test
+    split of the cpu preset (300 identities x 5 images) gives 3,000 genuine and 1,121,250
+    impostor all-vs-all pairs.
 
     Returns:
         SynthSplit with identity-major images.
@@ -227,10 +241,11 @@ def make_split(
 def _split_counts(split: str, preset: str | None) -> tuple[SynthPreset, int, int]:
     """(the preset's sizes, identities, images per identity) of its ``split``."""
     pre = PRESETS[check_preset(preset)]
-    if split not in ("train", "test"):
-        raise ConfigError(f"synth split must be 'train' or 'test', got {split!r}")
+    _check_split(split)
     if split == "train":
         return pre, pre.train_identities, pre.train_images
+    if split == "distractor":
+        return pre, pre.distractor_identities, 1
     return pre, pre.test_identities, pre.test_images
 
 
