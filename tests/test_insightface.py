@@ -337,8 +337,8 @@ def test_shipped_insightface_manifests(orl, tmp_path, monkeypatch):
         "agedb_30": "insightface-bin",
         "casia_webface": "recordio",
         "ms1m_rec": "recordio",
-        "tinyface": "identity-folders",
-        "scface": "identity-folders",
+        "tinyface": "tinyface",
+        "scface": "scface",
     }
     for name, kind in kinds.items():
         m = load_manifest(MANIFESTS / f"{name}.toml")
