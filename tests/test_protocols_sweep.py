@@ -22,7 +22,10 @@ from lowres.check import baseline_frame, check_results
 from lowres.embed import embed_many
 from lowres.errors import ConfigError, DataError
 from lowres.plots import FIGURE_STEMS, PROTOCOL_FIGURE_STEMS, plot_run
-from lowres.results import read_table
+from lowres.plots.style import model_styles
+from lowres.plots.sweep import figure_ring_margin
+from lowres.report import FIGURE_CAPTIONS
+from lowres.results import primary_rows, read_table
 from lowres.sweep.protocols import check_protocol, protocol_sets
 
 pytestmark = pytest.mark.usefixtures("tiny_preset")
@@ -197,12 +200,33 @@ def test_protocol_figures(sweeps):
     drawn = {}
     for protocol, (config, _) in sweeps.items():
         drawn[protocol] = {p.stem for p in plot_run(config.out) if p.suffix == ".png"}
-    assert {"rank1_vs_resolution", "cmc"} <= drawn["identification"]
+    assert {"rank1_vs_resolution", "cmc", "ring_margin_rank1"} <= drawn["identification"]
     assert "tpir_vs_resolution" not in drawn["identification"]
     assert "tpir_vs_resolution" in drawn["open-set"]
-    assert not {"rank1_vs_resolution", "cmc"} & drawn["open-set"]
+    assert not {"rank1_vs_resolution", "cmc", "ring_margin_rank1"} & drawn["open-set"]
     assert set(FIGURE_STEMS) <= drawn["identification"]
-    assert set(PROTOCOL_FIGURE_STEMS) == {"rank1_vs_resolution", "cmc", "tpir_vs_resolution"}
+    template = {"template_vs_resolution", "ring_margin_template"}
+    assert not template & (drawn["identification"] | drawn["open-set"])
+    assert set(PROTOCOL_FIGURE_STEMS) <= set(FIGURE_CAPTIONS)
+
+
+def test_rank1_margin_figure_draws_the_rows(sweeps):
+    """The rank-1 margin figure draws each +R model's ring_margin_rank1 rows: one line whose
+    points are the rows' values."""
+    table = sweeps["identification"][1]
+    prim = primary_rows(table)
+    styles = model_styles(prim[["model", "method"]])
+    fig = figure_ring_margin(prim, styles, "ring_margin_rank1")
+    rows = prim[prim["metric"] == "ring_margin_rank1"].sort_values("size_px")
+    assert len(rows) == len(SCALES)
+    (ax,) = fig.axes[:1]
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == len(SCALES)]
+    assert len(lines) == 1
+    assert np.allclose(lines[0].get_ydata(), rows["value"])
+    assert np.allclose(lines[0].get_xdata(), rows["size_px"])
+    assert (
+        figure_ring_margin(primary_rows(sweeps["open-set"][1]), styles, "ring_margin_rank1") is None
+    )
 
 
 def test_folds_pooled(tmp_path, sweeps):

@@ -22,7 +22,10 @@ from lowres.cells import settings_fingerprint
 from lowres.check import baseline_frame, check_results, save_baseline
 from lowres.embed import embed_many
 from lowres.errors import ConfigError, DataError
-from lowres.results import read_table, write_table
+from lowres.plots import plot_run
+from lowres.plots.protocols import figure_template_vs_resolution
+from lowres.plots.style import model_styles
+from lowres.results import primary_rows, read_table, write_table
 from lowres.sweep.protocols import (
     check_protocol,
     form_templates,
@@ -197,6 +200,26 @@ def test_template_rows_per_model_width_and_far(sweep):
     # the verification rows are all still there
     assert len(table[table["metric"] == "tar"]) == len(MODEL_IDS) * len(WIDTHS) * 2
     assert "template TAR at FAR 0.01" in S.format_summary(table, 1e-2)
+
+
+def test_template_figures(sweep):
+    """plot_run draws the template figures (and no identification figure): the template TAR
+    panel's lines are the template_tar rows, one panel per FAR."""
+    config, table = sweep
+    drawn = {p.stem for p in plot_run(config.out, force=True) if p.suffix == ".png"}
+    assert {"template_vs_resolution", "ring_margin_template", "tar_vs_resolution"} <= drawn
+    assert not {"rank1_vs_resolution", "cmc", "ring_margin_rank1", "tpir_vs_resolution"} & drawn
+    prim = primary_rows(table)
+    styles = model_styles(prim[["model", "method"]])
+    fig = figure_template_vs_resolution(prim, styles)
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("FAR")]
+    assert len(panels) == len(config.fars)
+    rows = prim[(prim["metric"] == "template_tar") & (prim["model"] == "SM")]
+    for ax, far in zip(panels, sorted(config.fars), strict=True):
+        want = rows[np.isclose(rows["far"], far)].sort_values("size_px")["value"].to_numpy()
+        got = [ln.get_ydata() for ln in ax.get_lines() if len(ln.get_xdata()) == len(WIDTHS)]
+        assert any(np.allclose(g, want) for g in got)
+    assert figure_template_vs_resolution(prim[prim["metric"] == "tar"], styles) is None
 
 
 def test_protocol_recorded_and_rerun_reuses(sweep):

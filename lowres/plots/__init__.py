@@ -27,7 +27,10 @@ atomically as PNG and PDF into ``RUN/figures/``.
 ``lowres sweep --protocol`` adds (:mod:`~lowres.plots.protocols`, only where the rows exist):
 ``rank1_vs_resolution`` (rank-1/5/10 vs face width with Clopper-Pearson bands) and ``cmc``
 (from ``cmc.csv``: one panel per width, one curve per model) for ``identification``;
-``tpir_vs_resolution`` (TPIR vs face width, one panel per FPIR target) for ``open-set``.
+``ring_margin_rank1`` (rank-1 of X+R minus X with its paired bootstrap interval, as
+``ring_margin``) for ``identification``; ``tpir_vs_resolution`` (TPIR vs face width, one panel
+per FPIR target) for ``open-set``; ``template_vs_resolution`` (template 1:1 TAR vs face width,
+one panel per FAR) and ``ring_margin_template`` for ``template``.
 
 How to read each one, as ``lowres report`` captions it: :data:`lowres.report.FIGURE_CAPTIONS`.
 
@@ -40,6 +43,7 @@ from lowres.plots.protocols import (
     PROTOCOL_FIGURE_STEMS,
     figure_cmc,
     figure_rank_vs_resolution,
+    figure_template_vs_resolution,
     figure_tpir_vs_resolution,
 )
 from lowres.plots.study import (
@@ -86,6 +90,7 @@ __all__ = [
     "figure_runs",
     "figure_scores",
     "figure_tar_vs_resolution",
+    "figure_template_vs_resolution",
     "figure_tpir_vs_resolution",
     "figure_training",
     "figures_current",

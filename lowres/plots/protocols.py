@@ -1,6 +1,8 @@
-"""The figures of a sweep's identification protocols (``lowres sweep --protocol``), drawn only
-when the table holds their rows: ``rank1_vs_resolution`` and ``cmc`` (closed set),
-``tpir_vs_resolution`` (open set)."""
+"""The figures of a sweep's other protocols (``lowres sweep --protocol``), drawn only when the
+table holds their rows: ``rank1_vs_resolution``, ``cmc`` and ``ring_margin_rank1`` (closed
+set), ``tpir_vs_resolution`` (open set), ``template_vs_resolution`` and
+``ring_margin_template`` (template 1:1). The two margin figures are
+:func:`lowres.plots.sweep.figure_ring_margin` on their rows."""
 
 from __future__ import annotations
 
@@ -18,8 +20,15 @@ from lowres.plots.style import (
     width_panels,
 )
 
-PROTOCOL_FIGURE_STEMS = ("rank1_vs_resolution", "cmc", "tpir_vs_resolution")
-"""Figures a sweep draws only with ``--protocol identification`` / ``open-set``."""
+PROTOCOL_FIGURE_STEMS = (
+    "rank1_vs_resolution",
+    "cmc",
+    "ring_margin_rank1",
+    "tpir_vs_resolution",
+    "template_vs_resolution",
+    "ring_margin_template",
+)
+"""Figures a sweep draws only with ``--protocol identification`` / ``open-set`` / ``template``."""
 
 RANK_METRICS = ("rank1", "rank5", "rank10")
 
@@ -97,6 +106,31 @@ def figure_tpir_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
     fig.suptitle(
         "Open-set identification vs probe resolution\n(half the identities enrolled; bands: "
         "95% Clopper-Pearson)\n" + caption(prim),
+        fontsize=10,
+    )
+    return fig
+
+
+def figure_template_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
+    """Template 1:1 TAR vs probe width, one panel per FAR, with Clopper-Pearson bands (seed
+    means where there are several seeds); None without ``template_tar`` rows."""
+    rows = prim[prim["metric"] == "template_tar"]
+    if rows.empty:
+        return None
+    fars = sorted(rows["far"].unique())
+    fig, axes = new_figure(len(fars))
+    for ax, far in zip(axes[0], fars, strict=True):
+        sub = rows[np.isclose(rows["far"], far)]
+        draw_curves(ax, sub, styles)
+        n_gen, n_imp = int(sub["n_genuine"].max()), int(sub["n_impostor"].max())
+        ax.set_title(f"FAR = {fmt_far(far)}  ({n_gen:,} / {n_imp:,} template pairs)", fontsize=10)
+        log2_size_axis(ax, sub["size_px"].dropna().astype(int).unique())
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("template TAR")
+    model_legend(fig, axes, styles)
+    fig.suptitle(
+        "Template 1:1 verification vs probe resolution\n(templates: mean of L2-normalised "
+        "features; probe-side templates degraded; bands: 95% Clopper-Pearson)\n" + caption(prim),
         fontsize=10,
     )
     return fig

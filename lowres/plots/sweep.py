@@ -17,6 +17,7 @@ from lowres.files import atomic_write_text
 from lowres.plots.protocols import (
     figure_cmc,
     figure_rank_vs_resolution,
+    figure_template_vs_resolution,
     figure_tpir_vs_resolution,
 )
 from lowres.plots.style import (
@@ -184,17 +185,28 @@ def figure_genuine_cosine(prim: pd.DataFrame, styles: dict[str, dict]):
     return fig
 
 
-def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict]):
-    """Figure 5 from primary rows (``ring_margin``); None when the sweep has no +R/base pair."""
+MARGIN_METRICS = {
+    "ring_margin": ("TAR", "TAR difference (+R minus base)"),
+    "ring_margin_rank1": ("rank-1", "rank-1 difference (+R minus base)"),
+    "ring_margin_template": ("template TAR", "template TAR difference (+R minus base)"),
+}
+"""Ring-margin rows a figure is drawn for: what the margin is of, and its axis label."""
+
+
+def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict], metric: str = "ring_margin"):
+    """Figure 5 from primary rows (``ring_margin``; or the same for rank-1 or template TAR with
+    ``metric`` ``ring_margin_rank1`` / ``ring_margin_template``): one panel per FAR (a single
+    panel for rank-1, which has none); None when the sweep has no +R/base pair."""
     several_seeds = bool((prim["metric"] == "tar_mean").any())
-    margin = prim[prim["metric"] == "ring_margin"]
+    margin = prim[prim["metric"] == metric]
     if margin.empty:
         return None
-    fars = sorted(margin["far"].unique())
+    what, ylabel = MARGIN_METRICS[metric]
+    fars = sorted(margin["far"].dropna().unique()) or [None]
     fig, axes = new_figure(len(fars))
     labels = {}
     for ax, far in zip(axes[0], fars, strict=True):
-        sub = margin[np.isclose(margin["far"], far)]
+        sub = margin if far is None else margin[np.isclose(margin["far"], far)]
         for model, g in sub.groupby("model"):
             g = g.sort_values("size_px")
             st = styles[model]
@@ -207,10 +219,10 @@ def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict]):
             )
             labels[model] = f"{model} - {g['reference'].iloc[0]}"
         ax.axhline(0.0, color="black", linewidth=0.9)
-        ax.set_title(f"FAR = {fmt_far(far)}", fontsize=10)
+        ax.set_title(what if far is None else f"FAR = {fmt_far(far)}", fontsize=10)
         log2_size_axis(ax, margin["size_px"].dropna().astype(int).unique())
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("TAR difference (+R minus base)")
+    axes[0][0].set_ylabel(ylabel)
     from matplotlib.lines import Line2D
 
     names = sorted(labels, key=lambda m: styles[m]["order"])
@@ -226,7 +238,8 @@ def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict]):
         frameon=False,
     )
     fig.suptitle(
-        "Ring-loss margin vs probe resolution\n(bands: 95% paired bootstrap over identities"
+        ("Ring-loss margin" if metric == "ring_margin" else f"Ring-loss margin on {what}")
+        + " vs probe resolution\n(bands: 95% paired bootstrap over identities"
         + (" and seeds" if several_seeds else "")
         + ")\n"
         + caption(prim),
@@ -456,6 +469,11 @@ def plot_tables(
         if cmc is not None and not cmc.empty:
             figures.append(("cmc", figure_cmc(cmc, styles, cap)))
         figures.append(("tpir_vs_resolution", figure_tpir_vs_resolution(prim, styles)))
+        figures.append(("ring_margin_rank1", figure_ring_margin(prim, styles, "ring_margin_rank1")))
+        figures.append(("template_vs_resolution", figure_template_vs_resolution(prim, styles)))
+        figures.append(
+            ("ring_margin_template", figure_ring_margin(prim, styles, "ring_margin_template"))
+        )
         for stem, fig in figures:
             if fig is not None:
                 written += save_figure(fig, out_dir, stem)

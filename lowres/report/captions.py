@@ -68,6 +68,21 @@ FIGURE_CAPTIONS: dict[str, str] = {
         "FPIR target: the share of mated searches whose mate is at rank 1 above the threshold "
         "that keeps the non-mated alarm rate at most the target; 95% Clopper-Pearson bands."
     ),
+    "ring_margin_rank1": (
+        "Ring-loss margin on rank-1: rank-1 of each X+R model minus rank-1 of its base X at "
+        "every probe width, with a 95% paired bootstrap interval over test identities (and "
+        "seeds): an interval that excludes zero is a difference this test set resolves."
+    ),
+    "template_vs_resolution": (
+        "Template 1:1 verification (--protocol template): each test identity's images cut into "
+        "templates of --template-size images, a template's feature the mean of its images' "
+        "L2-normalised features; every template pair scored, the probe-side template from "
+        "degraded images. One panel per FAR: exact template TAR with 95% Clopper-Pearson bands."
+    ),
+    "ring_margin_template": (
+        "Ring-loss margin on template TAR: X+R minus X per FAR and probe width, with a 95% "
+        "paired bootstrap interval over test identities (and seeds)."
+    ),
     "runs_overview": (
         "One column per run of the study: TAR and the Ring-loss margin against the probe width "
         "at the study's critical FAR, so the runs compare side by side."
