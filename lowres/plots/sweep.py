@@ -203,7 +203,8 @@ def figure_ring_margin(prim: pd.DataFrame, styles: dict[str, dict], metric: str 
         return None
     what, ylabel = MARGIN_METRICS[metric]
     fars = sorted(margin["far"].dropna().unique()) or [None]
-    fig, axes = new_figure(len(fars))
+    # one panel (rank-1) gets the width of two, so the title and legend have room
+    fig, axes = new_figure(len(fars), panel=(8.4 if fars == [None] else 4.2, 3.4))
     labels = {}
     for ax, far in zip(axes[0], fars, strict=True):
         sub = margin if far is None else margin[np.isclose(margin["far"], far)]
