@@ -391,3 +391,11 @@ def test_missing_dataset_root_one_line_exit_2(tmp_path):
     result = cli(["sweep", "--data", str(manifest), "--models", "SM", "--out", str(out)])
     _one_error_line(result, "does not exist", "get the data", "example.org")
     assert not out.exists()
+
+
+def test_missing_distractor_folder_one_line_exit_2(tmp_path):
+    out = tmp_path / "out"
+    args = ["sweep", "--models", "SM", "--protocol", "identification", "--out", str(out)]
+    result = cli([*args, "--distractors", str(tmp_path / "absent")])
+    _one_error_line(result, "--distractors", "no such folder or manifest", "none")
+    assert not out.exists()

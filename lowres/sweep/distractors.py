@@ -136,6 +136,11 @@ def _load(text: str, config, test: FaceDataset) -> tuple[str, FaceDataset]:
             "distractor", preset, SPLIT_SEED, size=test.image_size, channels=test.channels
         )
         return "synth-distractors", ds
+    if not Path(text).exists() and ("/" in text or text.endswith(".toml")):
+        raise DataError(
+            f"--distractors {text}: no such folder or manifest; give synth, a dataset name "
+            "(lowres data list), an existing folder of face crops, or none"
+        )
     if Path(text).is_dir() and not (Path(text) / "train.rec").is_file():
         ds = _folder_set(Path(text), test)
         return ds.name, ds
@@ -158,7 +163,8 @@ def resolve_distractors(config, test: FaceDataset) -> DistractorSet | None:
     Raises:
         ConfigError: distractors with ``--protocol verification`` or ``template`` (pair
             protocols: nothing is searched), or the test set itself.
-        DataError: an empty distractor set, a missing one (says where to get it).
+        DataError: an empty distractor set, a path that does not exist, a missing dataset
+            (says where to get it).
     """
     text = None if config.distractors is None else str(config.distractors).strip()
     if config.protocol in ("verification", "template"):
