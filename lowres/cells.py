@@ -481,6 +481,23 @@ def pair_scores(
     return np.clip(out, -1.0, 1.0)
 
 
+def tar_row(metric: str, far: float, r: M.TarAtFar) -> dict[str, Any]:
+    """The row of one exact TAR at FAR (:func:`lowres.metrics.tar_at_far`): value, interval,
+    threshold, achieved FAR, flag and pair counts; ``metric`` is ``tar`` or ``template_tar``."""
+    return dict(
+        metric=metric,
+        far=far,
+        value=r.tar,
+        ci_low=r.ci_low,
+        ci_high=r.ci_high,
+        threshold=r.threshold,
+        far_achieved=r.far_achieved,
+        flagged=bool(r.flagged),
+        n_genuine=r.n_genuine,
+        n_impostor=r.n_impostor,
+    )
+
+
 def cell_metric_rows(
     scores: np.ndarray,
     issame: np.ndarray,
@@ -521,19 +538,7 @@ def cell_metric_rows(
     for far in fars:
         r = M.tar_at_far(scores, issame, far)
         thresholds[repr(float(far))] = float(r.threshold)
-        rows.append(
-            dict(
-                metric="tar",
-                far=far,
-                value=r.tar,
-                ci_low=r.ci_low,
-                ci_high=r.ci_high,
-                threshold=r.threshold,
-                far_achieved=r.far_achieved,
-                flagged=bool(r.flagged),
-                **counts,
-            )
-        )
+        rows.append(tar_row("tar", far, r))
         ref = clean["thresholds"][repr(float(far))] if clean else r.threshold
         t_far, t_frr = M.rates_at_threshold(scores, issame, ref)
         rows.append(dict(metric="transfer_far", far=far, value=t_far, threshold=ref, **counts))

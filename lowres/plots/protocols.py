@@ -33,28 +33,41 @@ PROTOCOL_FIGURE_STEMS = (
 RANK_METRICS = ("rank1", "rank5", "rank10")
 
 
+def _rate_figure(prim: pd.DataFrame, panels, styles: dict[str, dict], ylabel: str, title: str):
+    """A rate vs probe width figure: one panel per ``(rows, panel title)`` of ``panels``, one
+    curve per model with its Clopper-Pearson band, rates on [0, 1]; ``title`` heads the
+    figure's caption."""
+    fig, axes = new_figure(len(panels))
+    for ax, (sub, panel_title) in zip(axes[0], panels, strict=True):
+        draw_curves(ax, sub, styles)
+        ax.set_title(panel_title, fontsize=10)
+        log2_size_axis(ax, sub["size_px"].dropna().astype(int).unique())
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel(ylabel)
+    model_legend(fig, axes, styles)
+    fig.suptitle(title + caption(prim), fontsize=10)
+    return fig
+
+
 def figure_rank_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
     """Rank-k identification rate vs probe width, one panel per k (rank-1 first), with
     Clopper-Pearson bands; None without rank rows."""
     metrics = [m for m in RANK_METRICS if (prim["metric"] == m).any()]
     if not metrics:
         return None
-    fig, axes = new_figure(len(metrics))
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    panels = []
+    for metric in metrics:
         sub = prim[prim["metric"] == metric]
-        draw_curves(ax, sub, styles)
         n = int(sub["n_genuine"].max()) if sub["n_genuine"].notna().any() else 0
-        ax.set_title(f"rank {metric[len('rank') :]}  ({n} probes)", fontsize=10)
-        log2_size_axis(ax, sub["size_px"].dropna().astype(int).unique())
-        ax.set_ylim(-0.02, 1.02)
-    axes[0][0].set_ylabel("identification rate")
-    model_legend(fig, axes, styles)
-    fig.suptitle(
+        panels.append((sub, f"rank {metric[len('rank') :]}  ({n} probes)"))
+    return _rate_figure(
+        prim,
+        panels,
+        styles,
+        "identification rate",
         "Closed-set identification vs probe resolution\n(clean gallery: each identity's first "
-        "image; pessimistic ties; bands: 95% Clopper-Pearson)\n" + caption(prim),
-        fontsize=10,
+        "image; pessimistic ties; bands: 95% Clopper-Pearson)\n",
     )
-    return fig
 
 
 def figure_cmc(cmc: pd.DataFrame, styles: dict[str, dict], cap: str = ""):
@@ -90,25 +103,22 @@ def figure_tpir_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
     if tpir.empty:
         return None
     fpirs = sorted(tpir["far"].unique())
-    fig, axes = new_figure(len(fpirs))
-    for ax, fpir in zip(axes[0], fpirs, strict=True):
+    panels = []
+    for fpir in fpirs:
         sub = tpir[np.isclose(tpir["far"], fpir)]
-        draw_curves(ax, sub, styles)
         title = f"FPIR = {fmt_far(fpir)}"
         if bool(sub["flagged"].fillna(False).any()):
             n = int(sub["n_impostor"].max())
             title += f"  (below 1/{n} non-mated: FPIR-0 point)"
-        ax.set_title(title, fontsize=10)
-        log2_size_axis(ax, sub["size_px"].dropna().astype(int).unique())
-        ax.set_ylim(-0.02, 1.02)
-    axes[0][0].set_ylabel("true-positive identification rate (TPIR)")
-    model_legend(fig, axes, styles)
-    fig.suptitle(
+        panels.append((sub, title))
+    return _rate_figure(
+        prim,
+        panels,
+        styles,
+        "true-positive identification rate (TPIR)",
         "Open-set identification vs probe resolution\n(half the identities enrolled; bands: "
-        "95% Clopper-Pearson)\n" + caption(prim),
-        fontsize=10,
+        "95% Clopper-Pearson)\n",
     )
-    return fig
 
 
 def figure_template_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
@@ -118,19 +128,16 @@ def figure_template_vs_resolution(prim: pd.DataFrame, styles: dict[str, dict]):
     if rows.empty:
         return None
     fars = sorted(rows["far"].unique())
-    fig, axes = new_figure(len(fars))
-    for ax, far in zip(axes[0], fars, strict=True):
+    panels = []
+    for far in fars:
         sub = rows[np.isclose(rows["far"], far)]
-        draw_curves(ax, sub, styles)
         n_gen, n_imp = int(sub["n_genuine"].max()), int(sub["n_impostor"].max())
-        ax.set_title(f"FAR = {fmt_far(far)}  ({n_gen:,} / {n_imp:,} template pairs)", fontsize=10)
-        log2_size_axis(ax, sub["size_px"].dropna().astype(int).unique())
-        ax.set_ylim(-0.02, 1.02)
-    axes[0][0].set_ylabel("template TAR")
-    model_legend(fig, axes, styles)
-    fig.suptitle(
+        panels.append((sub, f"FAR = {fmt_far(far)}  ({n_gen:,} / {n_imp:,} template pairs)"))
+    return _rate_figure(
+        prim,
+        panels,
+        styles,
+        "template TAR",
         "Template 1:1 verification vs probe resolution\n(templates: mean of L2-normalised "
-        "features; probe-side templates degraded; bands: 95% Clopper-Pearson)\n" + caption(prim),
-        fontsize=10,
+        "features; probe-side templates degraded; bands: 95% Clopper-Pearson)\n",
     )
-    return fig

@@ -243,6 +243,21 @@ def _boot_rows(boot: dict, names: tuple[str, ...], fields: tuple[str, str, str],
     ]
 
 
+def _margin_rows(boot: dict, name: str, base: str, metric: str, model_info, seeds, **row):
+    """The rows (one per FAR) of the margin ``name`` minus ``base`` from its cached paired
+    bootstrap ``boot``; ``row`` holds the context, fold, FARs, scale and width."""
+    return _boot_rows(
+        boot,
+        (name, base),
+        ("diff_point", "diff_low", "diff_high"),
+        **row,
+        model=name,
+        method=model_info[name].method,
+        seed=seeds[0] if len(seeds) == 1 else None,
+        metric=metric,
+    )
+
+
 def _bootstrap_rows(boots: Bootstraps, model_info, grid: Grid, seeds, level_fold, context):
     """The Ring-margin rows of every ``+R`` model with its base in the sweep and, with several
     seeds, every model's seed-mean TAR (its interval holds identity *and* seed variation); a
@@ -257,18 +272,9 @@ def _bootstrap_rows(boots: Bootstraps, model_info, grid: Grid, seeds, level_fold
     with Stage("bootstrap", total, log=log) as stage:
         for name, base in pairs:
             for scale, size in grid:
-                rows += _boot_rows(
-                    boots.margin(name, base, scale),
-                    (name, base),
-                    ("diff_point", "diff_low", "diff_high"),
-                    **common,
-                    model=name,
-                    method=model_info[name].method,
-                    scale=scale,
-                    size_px=size,
-                    seed=seeds[0] if len(seeds) == 1 else None,
-                    metric="ring_margin",
-                )
+                margin = boots.margin(name, base, scale)
+                rows += _margin_rows(margin, name, base, "ring_margin", model_info, seeds,
+                                     scale=scale, size_px=size, **common)  # fmt: skip
                 stage.advance(1, f"{name} - {base} {size} px")
         for name in means:
             for scale, size in grid:
@@ -304,18 +310,9 @@ def _template_margin_rows(boots: Bootstraps, model_info, grid: Grid, seeds, leve
         if base is None:
             continue
         for scale, size in grid:
-            rows += _boot_rows(
-                boots.template_margin(name, base, scale),
-                (name, base),
-                ("diff_point", "diff_low", "diff_high"),
-                **common,
-                model=name,
-                method=model_info[name].method,
-                scale=scale,
-                size_px=size,
-                seed=seeds[0] if len(seeds) == 1 else None,
-                metric="ring_margin_template",
-            )
+            margin = boots.template_margin(name, base, scale)
+            rows += _margin_rows(margin, name, base, "ring_margin_template", model_info, seeds,
+                                 scale=scale, size_px=size, **common)  # fmt: skip
     return rows
 
 
@@ -412,6 +409,11 @@ def _protocol_extra(store, model_info, grid, folds, seeds, fars, context, config
     return rows
 
 
+def _margin_summary(boot: dict) -> dict:
+    """What the cache keeps of a margin bootstrap: its point, low and high per FAR."""
+    return {k: [float(v) for v in boot[k]] for k in ("diff_point", "diff_low", "diff_high")}
+
+
 class Bootstraps:
     """The paired bootstraps of a sweep (:func:`lowres.bootstrap.bootstrap_tar`): a Ring
     margin (a model vs its base) or a seed mean, at one scale, each cached in ``cells/`` as
@@ -433,9 +435,7 @@ class Bootstraps:
             scale,
             fmt="lowres-margin/1",
             prefix="margin",
-            summarise=lambda boot: {
-                k: [float(v) for v in boot[k]] for k in ("diff_point", "diff_low", "diff_high")
-            },
+            summarise=_margin_summary,
         )
 
     def template_margin(self, name: str, base: str, scale: float) -> dict:
@@ -446,9 +446,7 @@ class Bootstraps:
             scale,
             fmt="lowres-template-margin/1",
             prefix="template-margin",
-            summarise=lambda boot: {
-                k: [float(v) for v in boot[k]] for k in ("diff_point", "diff_low", "diff_high")
-            },
+            summarise=_margin_summary,
             pairs=lambda model, seed: template_level(self.store, model, seed, scale, self.folds),
         )
 

@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lowres.cells import CellStore
+from lowres.cells import CellStore, tar_row
 from lowres.data.dataset import GALLERY, PROBE
 from lowres.errors import ConfigError, DataError
 from lowres.identification import (
@@ -525,21 +525,7 @@ def template_rows(scores: np.ndarray, id_a: np.ndarray, id_b: np.ndarray, fars) 
     same = id_a == id_b
     rows = []
     for far in fars:
-        r = tar_at_far(scores, same, far)
-        rows.append(
-            dict(
-                metric="template_tar",
-                far=far,
-                value=r.tar,
-                ci_low=r.ci_low,
-                ci_high=r.ci_high,
-                threshold=r.threshold,
-                far_achieved=r.far_achieved,
-                flagged=bool(r.flagged),
-                n_genuine=r.n_genuine,
-                n_impostor=r.n_impostor,
-            )
-        )
+        rows.append(tar_row("template_tar", far, tar_at_far(scores, same, far)))
     return rows
 
 
