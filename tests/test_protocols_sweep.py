@@ -344,3 +344,13 @@ def test_unknown_protocol_in_config_refused(tmp_path):
     with pytest.raises(ConfigError, match="one of verification, identification, open-set"):
         S.plan_sweep(config)
     assert not (tmp_path / "x").exists()
+
+
+def test_fpir_outside_zero_one_is_one_line_exit_2(tmp_path):
+    out = tmp_path / "x"
+    for bad in ("1.5", "0", "-0.1"):
+        result = cli(["sweep", "--protocol", "open-set", "--far", bad, "--out", str(out)])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert "outside (0, 1)" in lines[0] and "FPIR" in lines[0], lines[0]
+        assert not out.exists()

@@ -107,7 +107,11 @@ def _bad(ctx, name: str, exc: Exception):
     "Gallery_Distractor), else none.",
 )
 @click.option(
-    "--far", "fars", default="1e-3,1e-2,1e-1", show_default=True, help="Target false-accept rates."
+    "--far",
+    "fars",
+    default="1e-3,1e-2,1e-1",
+    show_default=True,
+    help="Target false-accept rates (FPIR targets with --protocol open-set).",
 )
 @click.option(
     "--folds",

@@ -260,7 +260,10 @@ def validate_fars(fars: Iterable[float]) -> tuple[float, ...]:
     values = []
     for f in fars:
         if not (isinstance(f, (int, float)) and math.isfinite(f) and 0 < f < 1):
-            raise ConfigError(f"FAR {f!r} is outside (0, 1); use e.g. --far 1e-3,1e-2")
+            raise ConfigError(
+                f"FAR {f!r} is outside (0, 1) (with --protocol open-set --far gives the FPIR "
+                "targets); use e.g. --far 1e-3,1e-2"
+            )
         values.append(float(f))
     if not values:
         raise ConfigError("no FAR given; use e.g. --far 1e-3,1e-2,1e-1")
