@@ -78,6 +78,7 @@ import os
 import re
 import sys
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ __all__ = [
     "model_hash",
     "parse_external",
     "read_adapter_file",
+    "reproducible_archive",
     "sidecar_candidates",
 ]
 
@@ -718,6 +720,35 @@ class _Embed(nn.Module):
         return self.model.embed(x)
 
 
+def reproducible_archive(module: torch.jit.ScriptModule) -> bytes:
+    """The TorchScript archive of ``module`` with no trace of where or how it was made.
+
+    ``torch.jit.save`` of a traced module writes, beside the code and the weights, a
+    ``*.debug_pkl`` table per code file holding the Python call stack of the trace: the
+    absolute paths and line numbers of lowres's source, of torch and of the caller. The same
+    checkpoint exported from two checkouts, two installs or two versions of lowres whose code
+    moved would then give different bytes, a different sha256 and so different sweep cells
+    (:func:`model_hash`). Here the archive is written once, read back without those tables
+    and written again, so its source ranges point into its own serialized code: the bytes
+    depend only on the weights, the traced code and the torch version (a second round trip
+    gives the same bytes; the example input of the trace, all zeros, is not kept).
+    """
+    first = io.BytesIO()
+    torch.jit.save(module, first)
+    stripped = io.BytesIO()
+    with (
+        zipfile.ZipFile(first) as src,
+        zipfile.ZipFile(stripped, "w", zipfile.ZIP_STORED) as dst,
+    ):
+        for name in src.namelist():
+            if not name.endswith(".debug_pkl"):
+                dst.writestr(name, src.read(name))
+    stripped.seek(0)
+    final = io.BytesIO()
+    torch.jit.save(torch.jit.load(stripped, map_location="cpu"), final)
+    return final.getvalue()
+
+
 def export_torchscript(ckpt: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, Path]:
     """Export a lowres checkpoint to a TorchScript archive plus its adapter sidecar.
 
@@ -725,7 +756,9 @@ def export_torchscript(ckpt: str | os.PathLike, out: str | os.PathLike) -> tuple
     The sidecar ``OUT.adapter.json`` (suffix replaced) is the checkpoint's adapter. Before
     anything is written, the trace is checked against the eager model on a seeded random batch
     of another batch size (exact equality is expected on CPU; a difference above 1e-5 fails).
-    Both files are written atomically, the archive first.
+    Both files are written atomically, the archive first. The archive's bytes depend only on
+    the weights, the traced code and the torch version, not on where lowres is installed
+    (:func:`reproducible_archive`).
 
     Returns:
         (archive path, sidecar path).
@@ -770,9 +803,7 @@ def export_torchscript(ckpt: str | os.PathLike, out: str | os.PathLike) -> tuple
             f"the TorchScript trace of {ckpt} differs from the model by {diff:.3g}; the model "
             "has data-dependent control flow that tracing cannot capture"
         )
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf)
-    atomic_write_bytes(out, buf.getvalue())
+    atomic_write_bytes(out, reproducible_archive(traced))
     fields = dataclasses.asdict(adapter)
     fields["size"] = list(fields["size"])
     atomic_write_text(json_side, json.dumps(fields, indent=2, sort_keys=True) + "\n")

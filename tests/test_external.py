@@ -95,6 +95,40 @@ def test_export_writes_the_checkpoint_adapter(exported):
         assert torch.equal(module.embed(x), loaded.model.embed(x))
 
 
+def test_export_bytes_do_not_depend_on_where_lowres_lives(exported, tmp_path):
+    """The same checkpoint exported by a copy of lowres at another path gives the same bytes.
+
+    A plain ``torch.jit.save`` of the trace embeds the Python call stack (absolute paths and
+    line numbers of lowres and torch), so the archive's sha256, and with it the sweep cells,
+    changed with the checkout.
+    """
+    import subprocess
+    import sys
+
+    import lowres
+
+    ckpt, pt, _, _, _ = exported
+    data = pt.read_bytes()
+    for where in (Path(lowres.__file__).resolve().parent, Path(torch.__file__).resolve().parent):
+        assert str(where).encode() not in data, f"the archive names {where}"
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(
+        Path(lowres.__file__).parent, elsewhere / "lowres", ignore=shutil.ignore_patterns("*.pyc")
+    )
+    env = {**os.environ, "PYTHONPATH": str(elsewhere)}
+    out = tmp_path / "again.pt"
+    subprocess.run(
+        [sys.executable, "-m", "lowres", "export", str(ckpt), str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert out.read_bytes() == data
+    # writing the archive again is a fixed point: nothing left to normalise
+    assert E.reproducible_archive(torch.jit.load(str(pt))) == data
+
+
 @pytest.fixture(scope="module")
 def swept(exported):
     """The checkpoint and its export, each swept alone: (native result, external result)."""
