@@ -99,6 +99,12 @@ class Embeddings:
     flags: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def grey(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB float -> (B, 1, H, W) luma (ITU-R BT.601 weights, any scale)."""
+    luma = torch.tensor(_LUMA, dtype=images.dtype, device=images.device)
+    return torch.einsum("bchw,c->bhw", images, luma).unsqueeze(1)
+
+
 def adapt(images: torch.Tensor, adapter: InputAdapter) -> torch.Tensor:
     """Turn float [0, 1] RGB/grey images into a model's normalised input.
 
@@ -113,8 +119,7 @@ def adapt(images: torch.Tensor, adapter: InputAdapter) -> torch.Tensor:
         raise ConfigError(f"images must be (B, 1 or 3, H, W), got {tuple(images.shape)}")
     if adapter.channels == "grey":
         if images.shape[1] == 3:
-            luma = torch.tensor(_LUMA, dtype=images.dtype, device=images.device)
-            images = torch.einsum("bchw,c->bhw", images, luma).unsqueeze(1)
+            images = grey(images)
     elif images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     elif adapter.channels == "bgr":

@@ -201,3 +201,24 @@ def test_cuda_equals_cpu():
     cpu = augment_batch_torch(images, 3)
     gpu = augment_batch_torch(images.cuda(), 3).cpu()
     assert (cpu - gpu).abs().max() < 1e-4
+
+
+def test_rgb_batch_for_a_grey_net_is_augmented_in_grey():
+    """augment_for_net turns an RGB batch grey before augmenting it (a third of the warp):
+    equal, to float rounding, to augmenting in RGB and taking the luma after, wherever no
+    channel reaches the clamp (pixels 64..160 stay inside 0..255 for any contrast / brightness
+    draw); a grey batch is augmented exactly as before."""
+    from lowres.embed import InputAdapter, grey
+    from lowres.train.loop import augment_for_net
+
+    gen = torch.Generator().manual_seed(4)
+    rgb = torch.randint(64, 161, (24, 3, H, W), dtype=torch.uint8, generator=gen)
+    adapter = InputAdapter(channels="grey", size=(H, W))
+    got = augment_for_net(rgb, 9, index_offset=0, adapter=adapter, then_adapt=False)
+    want = grey(augment_batch_torch(rgb, 9))
+    assert got.shape == (24, 1, H, W)
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+    assert not torch.allclose(got, grey(rgb.float() / 255.0), atol=1e-2)  # it was augmented
+    mono = rgb[:, :1]
+    plain = augment_for_net(mono, 9, index_offset=0, adapter=adapter, then_adapt=False)
+    assert torch.equal(plain, augment_batch_torch(mono, 9))
