@@ -101,7 +101,7 @@ def main() -> None:
         transform = _albumentations(chain.replace("kjpeg", "jpeg"))
 
         def batched(chain=chain):
-            out = degrade(batch_u8 / 255.0, SCALE, chain)
+            out = degrade(batch_u8, SCALE, chain)  # uint8 in: converted chunk by chunk
             sync()
             return out
 

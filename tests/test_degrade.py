@@ -247,7 +247,35 @@ def test_target_size_and_bad_targets():
         with pytest.raises(ConfigError):
             degrade(x, **kwargs)
     with pytest.raises(ConfigError, match="float tensor"):
-        degrade(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), 0.5)
+        degrade(torch.zeros(1, 3, 8, 8, dtype=torch.int32), 0.5)
+
+
+@pytest.mark.parametrize("spec", ["bicubic>bicubic", "area+blur1+noise0.05>nearest"])
+def test_uint8_input_is_read_as_x_over_255(spec):
+    x8 = torch.randint(0, 256, (5, 3, 40, 33), dtype=torch.uint8)
+    assert torch.equal(degrade(x8, 0.3, spec, seed=2), degrade(x8 / 255.0, 0.3, spec, seed=2))
+    plain = degrade(x8, 1.0, "bicubic>bicubic")
+    assert plain.dtype == torch.float32 and torch.equal(plain, x8 / 255.0)
+
+
+@pytest.mark.parametrize(
+    "spec", ["bicubic>bicubic", "area>bicubic", "matlab+blur1>bilinear", "bicubic+noise0.05>area"]
+)
+def test_large_cpu_batches_in_chunks_equal_one_pass(spec, monkeypatch):
+    """Above CPU_ONE_PASS_BYTES the batch is resampled in chunks (rows first): the same pixels
+    to float rounding as one pass, noise included (it follows the image's index); at or below
+    it, the one pass itself."""
+    import lowres.degrade as D
+
+    x8 = torch.randint(0, 256, (23, 3, 40, 36), dtype=torch.uint8)
+    one_pass = degrade(x8, None, spec, size_px=6, seed=4)
+    small = degrade(x8[:5], None, spec, size_px=6, seed=4)
+    monkeypatch.setattr(D, "CPU_ONE_PASS_BYTES", 4 * 3 * 40 * 36 * 5)  # 5 images
+    monkeypatch.setattr(D, "CPU_CHUNK_BYTES", 4 * 3 * 40 * 36 * 3)  # chunks of 3
+    assert D._chunk_images(x8, (7, 6)) == 3 and D._chunk_images(x8[:5], (7, 6)) == 5
+    chunked = degrade(x8, None, spec, size_px=6, seed=4)
+    assert torch.allclose(chunked, one_pass, atol=2e-6, rtol=0)
+    assert torch.equal(degrade(x8[:5], None, spec, size_px=6, seed=4), small)
 
 
 def test_graded_scales():
