@@ -1,12 +1,15 @@
-"""Batched degradation chain vs the per-image albumentations/OpenCV path (images/s, one run).
+"""Batched degradation chain vs per-image albumentations / bare OpenCV (images/s, one run).
 
     python benchmarks/degrade.py [--device cpu|cuda] [--batch 256] [--repeats 7] [--threads N]
         [--channels 3] [--size 112x96]
 
 Both paths start from decoded uint8 images: the batched chain from a (B, C, H, W) tensor on
 the device (conversion to float included), the per-image path from a list of HWC uint8 arrays,
-which is what albumentations consumes. Repeats are interleaved and the median is reported, so
-load from other processes hits both paths alike.
+which is what albumentations consumes. The bare OpenCV rows call cv2 directly on each image
+(no albumentations overhead), once ending in uint8 and once converted to float32 in [0, 1], the
+form the batched chain returns and a network consumes. Speed-ups are against albumentations
+(the path a training pipeline runs per image). Repeats are interleaved and the median is
+reported, so load from other processes hits all paths alike.
 """
 
 from __future__ import annotations
@@ -61,6 +64,25 @@ def _albumentations(spec_name: str) -> A.BasicTransform:
     )
 
 
+def _opencv(chain: str, channels: int):
+    """The same chain as bare OpenCV calls on one uint8 image (no albumentations around them);
+    the noise is drawn with numpy, the JPEG step is cv2.imencode/imdecode."""
+    h, w = target_size(H, W, SCALE)
+    rng = np.random.default_rng(0)
+    shape = (H, W) if channels == 1 else (H, W, channels)
+
+    def run(img: np.ndarray) -> np.ndarray:
+        x = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        if chain != "area>bicubic":
+            x = cv2.GaussianBlur(x, (7, 7), 1.0)
+            x = np.clip(x + rng.normal(0.0, 0.02 * 255, x.shape), 0, 255).astype(np.uint8)
+            _, buf = cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, 30])
+            x = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        return cv2.resize(x, (W, H), interpolation=cv2.INTER_CUBIC).reshape(shape)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -108,6 +130,14 @@ def main() -> None:
         def albu(transform=transform):
             return [transform(image=img)["image"] for img in per_image]
 
+        bare = _opencv(chain.replace("kjpeg", "jpeg"), args.channels)
+
+        def opencv(bare=bare):
+            return [bare(img) for img in per_image]
+
+        def opencv_float(bare=bare):
+            return [bare(img).astype(np.float32) / 255.0 for img in per_image]
+
         def reference(chain=chain):
             return [
                 degrade_reference(img, SCALE, chain, index=i) for i, img in enumerate(per_image)
@@ -116,6 +146,8 @@ def main() -> None:
         paths = {
             f"lowres batched ({device.type})": batched,
             "albumentations per image (cpu)": albu,
+            "bare cv2 per image, uint8 (cpu)": opencv,
+            "bare cv2 per image, to float (cpu)": opencv_float,
             "lowres degrade_reference (cpu)": reference,
         }
         times = {name: [] for name in paths}

@@ -278,6 +278,51 @@ def test_large_cpu_batches_in_chunks_equal_one_pass(spec, monkeypatch):
     assert torch.equal(degrade(x8[:5], None, spec, size_px=6, seed=4), small)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+def test_box_rows_equal_the_area_matrix(dtype):
+    """The chunked path's shortcut for area at a whole factor (row means by additions) gives
+    the product by the area matrix, to float rounding, for uint8 and float input; it is taken
+    only where the area matrix is that box (whole factor, no blur)."""
+    import lowres.degrade as D
+
+    for n_in, n_out in [(112, 14), (48, 8), (40, 20), (9, 3), (7, 1)]:
+        f = D._box_factor("area", 0.0, n_in, n_out)
+        assert f == n_in // n_out
+        box = np.kron(np.eye(n_out), np.full((1, f), 1.0 / f))
+        assert np.array_equal(D._matrix64("area", n_in, n_out), box)
+        x = torch.randint(0, 256, (4, 3, n_in, 5), dtype=torch.uint8)
+        xf = x.to(dtype) / 255.0 if dtype != torch.uint8 else x
+        want = torch.from_numpy(box) @ (x.double() / 255.0)
+        got = D._box_rows(xf, f)
+        assert got.dtype == (torch.float32 if dtype == torch.uint8 else dtype)
+        # uint8: one rounding of the exact mean (half an ulp, <= 3e-8 below 1); float32: the
+        # rounding of x / 255 and of the sum, a few ulps.
+        tol = {torch.uint8: 3e-8, torch.float32: 2.5e-7, torch.float64: 1e-12}[dtype]
+        assert torch.allclose(got.double(), want, atol=tol, rtol=0)
+    assert D._box_factor("area", 0.5, 112, 14) == 0  # blurred: not a box
+    assert D._box_factor("area", 0.0, 112, 15) == 0  # not a whole factor
+    assert D._box_factor("bicubic", 0.0, 112, 14) == 0
+    assert D._box_factor("area", 0.0, 14, 112) == 0  # growing
+
+
+@pytest.mark.parametrize("spec", ["area>bicubic", "area+noise0.05>bilinear"])
+def test_chunked_area_at_a_whole_factor_equals_one_pass(spec, monkeypatch):
+    """48x36 -> 8x6 (factor 6 both ways) takes the box shortcut in chunks."""
+    import lowres.degrade as D
+
+    x8 = torch.randint(0, 256, (23, 3, 48, 36), dtype=torch.uint8)
+    one_pass = degrade(x8, None, spec, size_px=6, seed=4)
+    monkeypatch.setattr(D, "CPU_ONE_PASS_BYTES", 4 * 3 * 48 * 36 * 5)
+    monkeypatch.setattr(D, "CPU_CHUNK_BYTES", 4 * 3 * 48 * 36 * 3)
+    calls = []
+    box_rows = D._box_rows
+    monkeypatch.setattr(D, "_box_rows", lambda x, f: calls.append(f) or box_rows(x, f))
+    for images in (x8, x8 / 255.0):
+        chunked = degrade(images, None, spec, size_px=6, seed=4)
+        assert torch.allclose(chunked, one_pass, atol=1e-6, rtol=0)
+    assert calls and set(calls) == {6}
+
+
 def test_graded_scales():
     assert graded_scales() == [1.0, 0.5, 0.25, 0.125, 0.0625]
     ladder = graded_scales(0.1, 4, start=0.8)
