@@ -7,8 +7,9 @@ Throughput, for ``cpunet-s`` (batch 128, SM head, one torch thread unless ``--th
 * a generated InsightFace ``.rec`` pack of 112x112 RGB JPEGs, streamed from the decode cache
   (``lowres.data.stream``; the input adapter turns it into the net's 56x48 grey).
 
-For each: the data pipeline alone (reading the batch with 0, 1 and 2 loader workers, the
-batched augmentation and the input adapter: img/s), the model step alone (forward, head,
+For each: the data pipeline alone (reading the batch, the batched augmentation and the input
+adapter, img/s; in this process with 0 loader workers, in 1 or 2 workers otherwise, as training
+runs it), the model step alone (forward, head,
 backward, SGD on a ready batch), full training through ``lowres.train.train`` with 0, 1 (and for
 the pack 2) loader workers (reading and the CPU augmentation run in worker processes beside the
 step),
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -86,13 +88,18 @@ def rate(step, images: int, repeats: int) -> float:
 
 
 def data_rate(images, adapter, workers: int, steps: int) -> float:
+    """Batches read, augmented and adapted as training does it: in this process with 0
+    workers, else in the loader workers (in pieces, as in training)."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     batches = list(order[: BATCH * (steps + 2)].split(BATCH))
-    stream = batch_stream(images, batches, workers=workers)
+    kwargs = dict(index_offset=0, adapter=adapter, then_adapt=True)
+    transform = functools.partial(augment_for_net, in_pieces=True, **kwargs) if workers else None
+    seeds = list(range(len(batches)))
+    stream = batch_stream(images, batches, workers=workers, transform=transform, seeds=seeds)
     for i, batch in enumerate(stream):
         if i == 2:  # workers started, first batches read
             start = time.perf_counter()
-        x = augment_for_net(batch, i, index_offset=0, adapter=adapter, then_adapt=True)
+        x = batch if workers else augment_for_net(batch, i, **kwargs)
         x.contiguous(memory_format=torch.channels_last)
     return BATCH * (len(batches) - 3) / (time.perf_counter() - start)
 

@@ -222,3 +222,27 @@ def test_rgb_batch_for_a_grey_net_is_augmented_in_grey():
     mono = rgb[:, :1]
     plain = augment_for_net(mono, 9, index_offset=0, adapter=adapter, then_adapt=False)
     assert torch.equal(plain, augment_batch_torch(mono, 9))
+
+
+@pytest.mark.parametrize(
+    "shape, net",
+    [((40, 3, 112, 112), "grey"), ((30, 1, 112, 92), "grey"), ((70, 3, 40, 36), "rgb")],
+)
+def test_pieces_in_a_loader_worker_give_the_whole_batch(shape, net, monkeypatch):
+    """``in_pieces`` (loader workers) augments a few images at a time; the tensor is the whole
+    batch's bit for bit: pieces of the default size, and of 1 and 3 images, with and without
+    the adapter, from an offset inside a global batch."""
+    import lowres.train.loop as loop
+    from lowres.embed import InputAdapter
+
+    gen = torch.Generator().manual_seed(8)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+    adapter = InputAdapter(channels=net, size=(28, 24))
+    per_image = 4 * shape[-2] * shape[-1] * max(2, shape[1])
+    for threshold in (loop.WORKER_MMAP_THRESHOLD, per_image, 3 * per_image):
+        monkeypatch.setattr(loop, "WORKER_MMAP_THRESHOLD", threshold)
+        assert threshold // per_image < shape[0]  # more than one piece
+        for then_adapt in (True, False):
+            kwargs = dict(index_offset=5, adapter=adapter, then_adapt=then_adapt)
+            whole = loop.augment_for_net(images, 4, **kwargs)
+            assert torch.equal(loop.augment_for_net(images, 4, in_pieces=True, **kwargs), whole)

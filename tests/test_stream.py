@@ -174,6 +174,8 @@ def test_streamed_pack_trains_the_same_weights(orl, tmp_path, monkeypatch, augme
         data=str(rec), method="SM", model="cpunet", epochs=2, batch_size=8, input_size=(28, 24),
         embed_dim=8, augment=augment, device="cpu", num_threads=1, seed=3,
     )  # fmt: skip
+    # Workers augment in pieces (forked: they see the patch); 3 images a piece here.
+    monkeypatch.setattr("lowres.train.loop.WORKER_MMAP_THRESHOLD", 3 * 4 * 112 * 92 * 3)
     runs = {}
     for where, workers in (("memory", 0), ("memory", 1), ("stream", 0), ("stream", 2)):
         if where == "stream":

@@ -261,6 +261,8 @@ def chunked(count: int, decode: Callable[[int], torch.Tensor], size: int = CHUNK
 
 M_MMAP_THRESHOLD = -3
 """glibc's ``mallopt`` parameter for the size above which ``malloc`` maps fresh memory."""
+WORKER_MMAP_THRESHOLD = 1 << 20
+"""The threshold :func:`bounded_heap` fixes in loader workers: larger buffers are fresh pages."""
 
 
 def bounded_heap(_worker_id: int = 0) -> None:
@@ -273,7 +275,7 @@ def bounded_heap(_worker_id: int = 0) -> None:
     threshold fixed). Elsewhere than glibc this does nothing.
     """
     try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass
 

@@ -176,12 +176,24 @@ def augment_batch_torch(images: Tensor, seed: int, *, index_offset: int = 0) -> 
     Returns:
         float32 (B, C, H, W) in [0, 1].
     """
+    return apply_augment(images, batch_augment_params(images, seed, index_offset))
+
+
+def batch_augment_params(images: Tensor, seed: int, index_offset: int) -> dict:
+    """:func:`draw_augment_params` for the images of a batch (positions ``index_offset...``)."""
+    batch, _, height, width = images.shape
+    positions = torch.arange(index_offset, index_offset + batch, device=images.device)
+    return draw_augment_params(seed, positions, height, width)
+
+
+def apply_augment(images: Tensor, params: dict) -> Tensor:
+    """The transforms ``params`` (one entry per image, from :func:`draw_augment_params`) applied
+    to uint8 or float (B, C, H, W) images in 0..255; float32 in [0, 1] out. Each image depends
+    only on itself and its own entries, so pieces of a batch give the whole batch's pixels."""
     # kornia loads on first use, as in lowres.degrade (its import adds ~0.5 s to start-up).
     from kornia.geometry.transform import warp_affine
 
-    batch, _, height, width = images.shape
-    positions = torch.arange(index_offset, index_offset + batch, device=images.device)
-    params = draw_augment_params(seed, positions, height, width)
+    _, _, height, width = images.shape
     x = images.float()
     x = torch.where(params["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
     chosen = torch.nonzero(params["affine"]).flatten()

@@ -61,15 +61,16 @@ from lowres.checkpoint import (
     verify_weights,
     write_checkpoint,
 )
-from lowres.data.stream import DiskImages, batch_stream
+from lowres.data.stream import WORKER_MMAP_THRESHOLD, DiskImages, batch_stream
 from lowres.embed import InputAdapter, adapt, grey, pick_device
 from lowres.errors import ConfigError, TrainingError
 from lowres.files import check_writable
 from lowres.methods import build_loss, parse_method
 from lowres.provenance import MODEL_LIBRARIES, versions
 from lowres.train.augment import (
+    apply_augment,
     augment_batch,
-    augment_batch_torch,
+    batch_augment_params,
     build_augmentation,
     degrade_chain,
     random_resolution,
@@ -102,7 +103,13 @@ STATE_VERSION = 1
 
 
 def augment_for_net(
-    batch: Tensor, seed: int, *, index_offset: int, adapter: InputAdapter, then_adapt: bool
+    batch: Tensor,
+    seed: int,
+    *,
+    index_offset: int,
+    adapter: InputAdapter,
+    then_adapt: bool,
+    in_pieces: bool = False,
 ) -> Tensor:
     """The batched augmentation of a training batch for a net fed through ``adapter``, then
     the adapter itself when ``then_adapt`` (a loader worker's share of a CPU step).
@@ -111,15 +118,30 @@ def augment_for_net(
     contrast are linear in the pixel values, so they commute with the luma sum, and the warp
     (most of the cost) runs on a third of the values (measured on 128 112x112 RGB images, one
     thread: 49 ms augmented in RGB, 29 ms grey first; benchmarks/train_pipeline.py gives the
-    whole path). The only
-    difference from augmenting in RGB is the clamp to 0..255 after brightness / contrast,
-    taken on the grey value rather than on each channel, and float rounding. Grey sources (the
-    builtins) are augmented exactly as before.
+    whole path). The only difference from augmenting in RGB is the clamp to 0..255 after
+    brightness / contrast, taken on the grey value rather than on each channel, and float
+    rounding. Grey sources (the builtins) are augmented exactly as before.
+
+    ``in_pieces`` (loader workers) works through the batch a few images at a time. A worker
+    fixes glibc's mmap threshold (:func:`lowres.data.stream.bounded_heap`), so every buffer
+    above it is fresh pages, and on the project's machine a fresh page costs more than the
+    arithmetic done on it: 128 RGB 112x112 images took 79 ms augmented whole in a worker and
+    29 ms in pieces whose float images and warp grid stay below the threshold (29 ms whole
+    with glibc's default heap; one thread). The transforms are drawn once for the batch and
+    every image is augmented on its own, so the pieces give the whole batch's tensor bit for
+    bit (tested): the weights do not depend on whether a worker or the trainer augments.
     """
-    if adapter.channels == "grey" and batch.shape[1] == 3:
-        batch = grey(batch.float())
-    x = augment_batch_torch(batch, seed, index_offset=index_offset)
-    return adapt(x, adapter) if then_adapt else x
+    params = batch_augment_params(batch, seed, index_offset)
+    per_image = 4 * batch.shape[-2] * batch.shape[-1] * max(2, batch.shape[1])
+    piece = max(1, WORKER_MMAP_THRESHOLD // per_image) if in_pieces else batch.shape[0]
+    parts = []
+    for start in range(0, max(1, batch.shape[0]), piece):
+        x = batch[start : start + piece]
+        if adapter.channels == "grey" and x.shape[1] == 3:
+            x = grey(x.float())
+        x = apply_augment(x, {k: v[start : start + piece] for k, v in params.items()})
+        parts.append(adapt(x, adapter) if then_adapt else x)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _pick_device(name: str, world: ddp.World) -> torch.device:
@@ -508,6 +530,7 @@ def _train(  # noqa: C901
             index_offset=shard_start,
             adapter=adapter,
             then_adapt=adapt_in_workers,
+            in_pieces=True,
         )
         if batched and device.type == "cpu" and workers > 0
         else None
