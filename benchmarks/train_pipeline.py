@@ -21,12 +21,16 @@ steady state, which the ratio uses (the start-up is paid once per run, a second 
 Memory (``--memory 20000,200000``): for each size, a fresh process decodes a generated pack into
 an empty cache and trains one epoch streamed from it (``--memory-steps`` caps the steps); the
 peak resident set (VmHWM) of the training process and of its largest loader worker are printed
-with the ratio to the smallest pack. Packs are generated once into ``--work`` and reused.
+with the ratio to the smallest pack. Packs hold 20 images per identity, so the classifier head
+grows with them (7,500 training identities against 750); ``--memory-identities 1000`` holds
+the identities fixed, which leaves the images alone to grow. Packs are generated once into
+``--work`` and reused.
 
 Machines are shared: check the load average, rerun when the numbers look off.
 
     python benchmarks/train_pipeline.py [--steps 30] [--rec-images 20000]
-        [--memory 20000,200000] [--memory-steps 0] [--work /tmp/lowres_pipeline]
+        [--memory 20000,200000] [--memory-steps 0] [--memory-identities 0]
+        [--work /tmp/lowres_pipeline]
 """
 
 from __future__ import annotations
@@ -60,8 +64,9 @@ BATCH = 128
 PER_IDENTITY = 20
 
 
-def make_pack(folder: Path, count: int, seed: int = 0) -> Path:
-    """``count`` 112x112 RGB JPEGs (smooth random faces-sized blobs, ~3 KB each), 20 per id."""
+def make_pack(folder: Path, count: int, seed: int = 0, identities: int = 0) -> Path:
+    """``count`` 112x112 RGB JPEGs (smooth random faces-sized blobs, ~3 KB each), 20 per id,
+    or split evenly over ``identities``."""
     rec = folder / "train.rec"
     if (folder / "property").is_file():
         return rec
@@ -75,7 +80,7 @@ def make_pack(folder: Path, count: int, seed: int = 0) -> Path:
             img.save(buf, format="JPEG", quality=90)
             yield buf.getvalue()
 
-    labels = np.arange(count) // PER_IDENTITY
+    labels = np.arange(count) // (count // identities if identities else PER_IDENTITY)
     return write_encoded_pack(folder, blobs(), labels, (112, 112))
 
 
@@ -176,11 +181,12 @@ def memory_child(rec: str, steps: int, threads: int) -> None:
                       "seconds": time.perf_counter() - start}))  # fmt: skip
 
 
-def memory(sizes: list[int], steps: int, threads: int, work: Path) -> None:
+def memory(sizes: list[int], steps: int, threads: int, work: Path, identities: int) -> None:
     base = None
     for count in sizes:
         t0 = time.perf_counter()
-        rec = make_pack(work / f"pack{count}", count)
+        name = f"pack{count}" + (f"_ids{identities}" if identities else "")
+        rec = make_pack(work / name, count, identities=identities)
         made = time.perf_counter() - t0
         with tempfile.TemporaryDirectory(dir=work) as cache:
             env = dict(os.environ, LOWRES_CACHE=cache)
@@ -189,8 +195,9 @@ def memory(sizes: list[int], steps: int, threads: int, work: Path) -> None:
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         got = json.loads(out.stdout.strip().splitlines()[-1])
         base = base or got["hwm_kib"]
-        print(f"pack {count:7d} images ({rec.stat().st_size / 2**20:6.0f} MiB, made in "
-              f"{made:4.0f} s): decode + epoch {got['seconds']:5.0f} s, peak RSS "
+        ids = identities or count // PER_IDENTITY
+        print(f"pack {count:7d} images, {ids:6d} ids ({rec.stat().st_size / 2**20:6.0f} MiB, "
+              f"made in {made:4.0f} s): decode + epoch {got['seconds']:5.0f} s, peak RSS "
               f"{got['hwm_kib'] / 1024:6.0f} MiB (x{got['hwm_kib'] / base:.3f}), largest "
               f"loader worker {got['worker_kib'] / 1024:5.0f} MiB")  # fmt: skip
 
@@ -203,6 +210,8 @@ def main() -> None:
     parser.add_argument("--memory", default="", help="pack sizes for the memory test, e.g. "
                         "20000,200000 (empty: skip)")  # fmt: skip
     parser.add_argument("--memory-steps", type=int, default=0, help="cap (0: a whole epoch)")
+    parser.add_argument("--memory-identities", type=int, default=0,
+                        help="identities per memory pack (0: 20 images each)")  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lowres_pipe")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--skip-throughput", action="store_true")
@@ -228,7 +237,7 @@ def main() -> None:
             throughput(name, packed, args.steps, [0, 1, 2])
     if args.memory:
         memory([int(v) for v in args.memory.split(",")], args.memory_steps, args.threads,
-               args.work)  # fmt: skip
+               args.work, args.memory_identities)  # fmt: skip
 
 
 if __name__ == "__main__":

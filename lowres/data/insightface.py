@@ -683,7 +683,7 @@ class RecordReader:
             for _flag, start, length in self._frames(pos, record):
                 pos = start + length + (-length % 4)
             record += 1
-            if record % 65536 == 0:
+            if record % 4096 == 0:  # as the other passes: ~12 MB of 3 KB faces, not 190 MB
                 self.drop_pages()
         self.drop_pages()
         return starts

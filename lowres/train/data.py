@@ -4,6 +4,7 @@ held-out validation identities, and clean-image features, norms and verification
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -66,7 +67,53 @@ def validation_metrics(model: nn.Module, val_set: Any, adapter: Any, device: tor
     }
 
 
-@torch.no_grad()
+def clean_batches(
+    model: nn.Module,
+    images: Any,
+    adapter: Any,
+    device: torch.device,
+    batch_size: int = 256,
+    index: Tensor | None = None,
+) -> Iterator[Tensor]:
+    """Embeddings of clean images in eval mode, fed the way evaluation feeds the model, one
+    batch at a time: the caller keeps what it needs (norms, logits) and memory does not grow
+    with the number of images.
+
+    Args:
+        model: a FaceModel.
+        images: uint8 (N, C, H, W) tensor or :class:`lowres.data.stream.DiskImages`.
+        adapter: InputAdapter.
+        device: where to run.
+        batch_size: images per forward pass.
+        index: which images (default: all, in order); read a batch at a time.
+
+    Yields:
+        float32 (b, D) on ``device``.
+    """
+    was_training = model.training
+    model.eval()
+    count = images.shape[0] if index is None else index.numel()
+    try:
+        for start in range(0, count, batch_size):
+            rows = slice(start, start + batch_size)
+            batch = images[rows] if index is None else images[index[rows]]
+            # Converted and adapted 32 images at a time: 256 RGB 112x112 images in float are
+            # 38 MB, and the whole batch at once raised the peak by 85 MB against 34 MB.
+            x = torch.cat(
+                [
+                    adapt(batch[i : i + 32].to(device).float().div_(255.0), adapter)
+                    for i in range(0, batch.shape[0], 32)
+                ]
+            )
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():  # not around the yield: grad mode is global state
+                features = model(x).float()
+            yield features
+    finally:
+        model.train(was_training)
+
+
 def clean_features(
     model: nn.Module, images: Tensor, adapter: Any, device: torch.device, batch_size: int = 256
 ) -> Tensor:
@@ -81,27 +128,19 @@ def clean_features(
     Returns:
         float32 (N, D) on ``device``.
     """
-
-    was_training = model.training
-    model.eval()
-    features = []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start : start + batch_size].to(device).float().div_(255.0)
-        x = adapt(x, adapter)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        features.append(model(x).float())
-    model.train(was_training)
+    features = list(clean_batches(model, images, adapter, device, batch_size))
     return torch.cat(features) if features else torch.zeros(0, 0, device=device)
 
 
 def feature_norms(
-    model: nn.Module, images: Tensor, adapter: Any, device: torch.device, batch_size: int = 256
+    model: nn.Module, images: Any, adapter: Any, device: torch.device, batch_size: int = 256
 ) -> Tensor:
-    """float32 (N,) CPU norms of :func:`clean_features`."""
-    return torch.linalg.vector_norm(
-        clean_features(model, images, adapter, device, batch_size), dim=1
-    ).cpu()
+    """float32 (N,) CPU norms of :func:`clean_features`, computed batch by batch."""
+    norms = [
+        torch.linalg.vector_norm(f, dim=1).cpu()
+        for f in clean_batches(model, images, adapter, device, batch_size)
+    ]
+    return torch.cat(norms) if norms else torch.zeros(0)
 
 
 # Clean training accuracy is measured on at most this many evenly spaced training images, so the

@@ -86,7 +86,7 @@ from lowres.train.config import (
 )
 from lowres.train.data import (
     CLEAN_EVAL_IMAGES,
-    clean_features,
+    clean_batches,
     feature_norms,
     hold_out_identities,
     load_split,
@@ -784,18 +784,21 @@ def _metrics(
             test_norm_cv=norm_cv(norms),
         )
     if finished:
+        # Batch by batch: the logits are (images x classes), 60 MB at once for 2,000 images of
+        # a 7,500-identity set; the head's plain logits are per image, as in loss_fn's output.
         n = train_set.images.shape[0]
         index = torch.linspace(0, n - 1, min(n, CLEAN_EVAL_IMAGES)).round().long().unique()
-        feats = clean_features(model, train_set.images[index], adapter, device)
         labels = train_set.labels[index].to(device)
-        was_training = loss_fn.training
-        loss_fn.eval()
-        with torch.no_grad():
-            logits = loss_fn(feats, labels).logits
-        loss_fn.train(was_training)
+        hits, norms, start = [], [], 0
+        for feats in clean_batches(model, train_set.images, adapter, device, index=index):
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                logits = loss_fn.head.plain_logits(feats)
+            hits.append(logits.argmax(1) == labels[start : start + feats.shape[0]])
+            norms.append(torch.linalg.vector_norm(feats, dim=1).cpu())
+            start += feats.shape[0]
         metrics.update(
-            train_clean_acc=float((logits.argmax(1) == labels).double().mean()),
-            train_clean_norm_cv=norm_cv(torch.linalg.vector_norm(feats, dim=1).cpu()),
+            train_clean_acc=float(torch.cat(hits).double().mean()),
+            train_clean_norm_cv=norm_cv(torch.cat(norms)),
             train_clean_images=int(index.numel()),
         )
     return {
