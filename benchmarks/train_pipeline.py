@@ -57,7 +57,7 @@ from lowres.data.stream import batch_stream
 from lowres.embed import InputAdapter
 from lowres.methods import build_loss
 from lowres.models import create
-from lowres.train import TrainConfig, load_split, train
+from lowres.train import TrainConfig, load_split, loop, train
 from lowres.train.loop import augment_for_net
 
 BATCH = 128
@@ -127,20 +127,45 @@ def model_rate(model_name: str, adapter_shape: tuple[int, ...], classes: int, st
     return rate(step, BATCH, steps)
 
 
-def full_rate(config: TrainConfig, steps: int) -> tuple[float, float]:
+WAITED = [0.0]
+"""Seconds the trainer spent waiting for its next batch (see :func:`_timed_stream`)."""
+
+
+def _timed_stream(*args, **kwargs):
+    """``lowres.train.loop.batch_stream``, timing each wait for the next batch in WAITED."""
+    batches = iter(batch_stream(*args, **kwargs))
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        WAITED[0] += time.perf_counter() - start
+        if batch is None:
+            return
+        yield batch
+
+
+def full_rate(config: TrainConfig, steps: int) -> tuple[float, float, float]:
     """Training img/s through ``lowres.train.train``: (over ``steps`` steps after two warm-up
     steps, start-up included: loading the split, starting the loader workers, the checkpoint
-    at the end; steady state: the same for ``2 * steps`` minus it, which cancels the start-up).
-    The run is given enough epochs that the steps are taken (an epoch of synth is 74 steps)."""
+    at the end; steady state: the same for ``2 * steps`` minus it, which cancels the start-up),
+    and the share of the steady-state time the trainer waited for its next batch. The run is
+    given enough epochs that the steps are taken (an epoch of synth is 74 steps)."""
     config = dataclasses.replace(config, epochs=1000)
-    seconds = []
-    for n in (steps, 2 * steps):
-        with tempfile.TemporaryDirectory() as out:
-            train(config, out, progress=False, max_steps=2)  # loads the split, warms up
-            start = time.perf_counter()
-            train(config, out, resume=True, progress=False, max_steps=2 + n)
-            seconds.append(time.perf_counter() - start)
-    return BATCH * steps / seconds[0], BATCH * steps / (seconds[1] - seconds[0])
+    seconds, waited = [], []
+    loop.batch_stream = _timed_stream
+    try:
+        for n in (steps, 2 * steps):
+            with tempfile.TemporaryDirectory() as out:
+                train(config, out, progress=False, max_steps=2)  # loads the split, warms up
+                WAITED[0] = 0.0
+                start = time.perf_counter()
+                train(config, out, resume=True, progress=False, max_steps=2 + n)
+                seconds.append(time.perf_counter() - start)
+                waited.append(WAITED[0])
+    finally:
+        loop.batch_stream = batch_stream
+    steady = seconds[1] - seconds[0]
+    wait = (waited[1] - waited[0]) / steady
+    return BATCH * steps / seconds[0], BATCH * steps / steady, wait
 
 
 def throughput(name: str, config: TrainConfig, steps: int, workers: list[int]) -> None:
@@ -156,7 +181,8 @@ def throughput(name: str, config: TrainConfig, steps: int, workers: list[int]) -
     }
     best = max(data.values())
     cells = "   ".join(f"data, {w} workers {v:6.0f}" for w, v in data.items())
-    fulls = "   ".join(f"full, {w} workers {v[0]:6.0f} / {v[1]:6.0f}" for w, v in full.items())
+    fulls = "   ".join(f"full, {w} workers {v[0]:6.0f} / {v[1]:6.0f} (waited {v[2]:4.0%})"
+                       for w, v in full.items())  # fmt: skip
     steady = max(v[1] for v in full.values())
     print(f"{name}\n    {cells}   model {net:6.0f} img/s\n    {fulls} img/s (with start-up / "
           f"steady)\n    best steady full / min(data, model) {steady / min(best, net):.2f}   "
