@@ -126,7 +126,7 @@ def augment_for_net(
     fixes glibc's mmap threshold (:func:`lowres.data.stream.bounded_heap`), so every buffer
     above it is fresh pages, and on the project's machine a fresh page costs more than the
     arithmetic done on it: 128 RGB 112x112 images took 79 ms augmented whole in a worker and
-    29 ms in pieces whose float images and warp grid stay below the threshold (29 ms whole
+    25 ms in pieces whose float images and warp grid stay below the threshold (29 ms whole
     with glibc's default heap; one thread). The transforms are drawn once for the batch and
     every image is augmented on its own, so the pieces give the whole batch's tensor bit for
     bit (tested): the weights do not depend on whether a worker or the trainer augments.
