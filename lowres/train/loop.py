@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import math
@@ -163,6 +164,15 @@ def _pick_device(name: str, world: ddp.World) -> torch.device:
     device = torch.device("cuda", world.local_rank)
     torch.cuda.set_device(device)
     return device
+
+
+def _leave_group() -> None:
+    """Destroy the process group :func:`_join_group` made, after collecting what still holds it
+    (DDP's reference cycles): left to interpreter exit, a rank aborted ("terminate called
+    without an active exception", no Python frame) in 5 of 100 two-process CPU runs on the
+    project's machine; with the collection, 0 of 60."""
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _join_group(world: ddp.World, device: torch.device) -> bool:
@@ -433,7 +443,7 @@ def train(
         # The caller's thread count comes back: a sweep embeds with it after training.
         torch.set_num_threads(threads)
         if created_group:
-            dist.destroy_process_group()
+            _leave_group()
 
 
 # The training loop is the one documented exception to the 100-line and complexity-15 rules
