@@ -577,44 +577,41 @@ def _resample(
 
     box = _box_factor(kind, blur_sigma, images.shape[-2], h)
 
-    def one(x: torch.Tensor, rows_first: bool, dst: torch.Tensor | None = None) -> torch.Tensor:
-        if rows_first and box:
-            x = _box_rows(x, box)  # float32 means of whole rows; then the columns' matmul
-        elif x.dtype == torch.uint8:
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        """The rows' product of a chunk, float: box sums for area at a whole factor."""
+        if box:
+            return _box_rows(x, box)
+        if x.dtype == torch.uint8:
             x = x.to(torch.float32).div_(255.0)  # bit-identical to x / 255.0
-        with torch.autocast(x.device.type, enabled=False):
-            if rows_first and box:
-                y = torch.matmul(x, m_w.T, out=dst)
-            elif rows_first or w > x.shape[-1]:
-                y = torch.matmul(torch.matmul(m_h, x), m_w.T, out=dst)
-            else:
-                y = torch.matmul(m_h, torch.matmul(x, m_w.T), out=dst)
+        return torch.matmul(m_h, x)
+
+    def columns(y: torch.Tensor, dst: torch.Tensor | None = None) -> torch.Tensor:
+        """The columns' product (into ``dst``), clamped there while in the cache."""
+        y = torch.matmul(y, m_w.T, out=dst)
         return y.clamp_(0.0, 1.0) if clamp else y
 
-    chunk = _chunk_images(images, size)
-    if chunk >= images.shape[0]:
-        # One pass: shrink the width first when shrinking (fewer flops in the second matmul).
-        return one(images, rows_first=False)
-    # In chunks the rows go first either way: a matmul whose output is only w columns wide
-    # runs at a fraction of the speed of one w times wider (256 RGB 112x96 -> 14x12 in chunks:
-    # 2.4 ms rows first, 3.3-3.7 ms columns first, on the project's machine). Each chunk's
-    # last matmul writes straight into the output, and is clamped there while in the cache.
-    out = torch.empty((*images.shape[:-2], h, w), dtype=dtype, device=images.device)
-    if h > images.shape[-2] and images.is_floating_point():
-        # Growing: the rows' product (h x w_in a image) is small beside the output, so one
-        # matmul makes it for the whole batch and only the columns' matmul runs in chunks (256
-        # RGB faces 14x12 -> 112x96 within area>bicubic: 4.4 against 4.7 ms a batch).
-        with torch.autocast(images.device.type, enabled=False):
-            rows = torch.matmul(m_h, images)
-            for start in range(0, images.shape[0], chunk):
-                dst = out[start : start + chunk]
-                torch.matmul(rows[start : start + chunk], m_w.T, out=dst)
-                if clamp:
-                    dst.clamp_(0.0, 1.0)
+    with torch.autocast(images.device.type, enabled=False):
+        chunk = _chunk_images(images, size)
+        if chunk >= images.shape[0]:
+            # One pass: shrink the width first when shrinking (fewer flops in the second
+            # matmul).
+            x = images.to(torch.float32).div_(255.0) if images.dtype == torch.uint8 else images
+            if w > x.shape[-1]:
+                return columns(torch.matmul(m_h, x))
+            y = torch.matmul(m_h, torch.matmul(x, m_w.T))
+            return y.clamp_(0.0, 1.0) if clamp else y
+        # In chunks the rows go first either way: a matmul whose output is only w columns wide
+        # runs at a fraction of the speed of one w times wider (256 RGB 112x96 -> 14x12 in
+        # chunks: 2.4 ms rows first, 3.3-3.7 ms columns first, on the project's machine).
+        # Growing, the rows' product (h x w_in a image) is small beside the output, so one
+        # matmul makes it for the whole batch and only the columns run in chunks (256 RGB faces
+        # 14x12 -> 112x96 within area>bicubic: 4.4 against 4.7 ms a batch).
+        out = torch.empty((*images.shape[:-2], h, w), dtype=dtype, device=images.device)
+        whole = rows(images) if h > images.shape[-2] and images.is_floating_point() else None
+        for start in range(0, images.shape[0], chunk):
+            part = slice(start, start + chunk)
+            columns(whole[part] if whole is not None else rows(images[part]), dst=out[part])
         return out
-    for start in range(0, images.shape[0], chunk):
-        one(images[start : start + chunk], rows_first=True, dst=out[start : start + chunk])
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
